@@ -1,0 +1,27 @@
+"""Loading ml_collections config files (`configs/*.py` with a `get_config()`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+from jax_i2v.models.config import UNetConfig
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """Imports `path` and returns its `get_config()`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_jax_i2v_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} defines no get_config()")
+    return module.get_config()
+
+
+def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
+    """The `unet` section of an experiment config as a validated UNetConfig."""
+    return UNetConfig(**config.unet.to_dict())

@@ -1,0 +1,133 @@
+"""Times the video UNet's forward and forward+backward with random params.
+
+  python launch/benchmark.py --unet-config path/to/unet/config.json \
+      --batch 1 --frames 16 --latent-hw 32 32 --text-len 77
+
+`--frames` counts the conditioning frame (the reference's `n_frames`). Prints one
+JSON line: params, compile_s (forward + backward compilation), fwd_ms, fwdbwd_ms
+(medians over timed runs after warm-up; fwdbwd is the gradient of the mean squared
+output w.r.t. params).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_i2v.convert import read_unet_config
+from jax_i2v.models.attention import IMPLEMENTATIONS, rotary_frequencies
+from jax_i2v.models.unet import build_unet, dummy_inputs
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--unet-config", required=True, help="diffusers-layout UNet config.json (file or its folder)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--frames", type=int, default=16, help="frames including the conditioning frame")
+    p.add_argument("--latent-hw", type=int, nargs=2, default=(32, 32), metavar=("H", "W"))
+    p.add_argument("--text-len", type=int, default=77)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="compute dtype (params stay fp32)")
+    p.add_argument("--attention", choices=IMPLEMENTATIONS, default="auto")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.frames < 2 or args.text_len < 1 or min(args.latent_hw) < 1:
+        p.error("need --batch >= 1, --frames >= 2, --text-len >= 1 and positive --latent-hw")
+    if args.iters < 1 or args.warmup < 0:
+        p.error("need --iters >= 1 and --warmup >= 0")
+    return args
+
+
+def _median_ms(fn, args, warmup, iters):
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def random_params(model, seed: int):
+    """Random params of the right shapes from `eval_shape` and NumPy: no init compilation.
+
+    Kernels ~ N(0, 1/fan_in), norms at identity, alpha mixers at 0.5 so every temporal path is live.
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(model.config)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def make(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
+        if name == "alpha":
+            return np.full(leaf.shape, 0.5, np.float32)
+        if name == "freqs":
+            return np.asarray(rotary_frequencies(4 * leaf.shape[0]))
+        return (np.ones if name == "scale" else np.zeros)(leaf.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
+
+
+def run(args) -> dict:
+    path = args.unet_config
+    config = read_unet_config(path.rsplit("/", 1)[0] if path.endswith(".json") else path)
+    model = build_unet(config, dtype=DTYPES[args.dtype], attention_implementation=args.attention)
+    height, width = args.latent_hw
+    keys = jax.random.split(jax.random.key(args.seed), 3)
+    params = random_params(model, args.seed)
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+
+    frames = args.frames - 1 if config.conditions_on_first_frame else args.frames
+    c = config.in_channels
+    sample = jax.random.normal(keys[0], (args.batch, frames, height, width, c))
+    first = jax.random.normal(keys[1], (args.batch, 1, height, width, c))
+    text = jax.random.normal(keys[2], (args.batch, args.text_len, config.cross_attention_dim))
+    timesteps = jnp.full((args.batch,), 500, jnp.int32)
+    stride = jnp.full((args.batch,), 3, jnp.int32)
+
+    def forward(params, sample, timesteps, text, first, stride):
+        return model.apply(
+            {"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride
+        )
+
+    def loss(params, *inputs):
+        return jnp.mean(jnp.square(forward(params, *inputs).astype(jnp.float32)))
+
+    inputs = (params, sample, timesteps, text, first, stride)
+    start = time.perf_counter()
+    fwd = jax.jit(forward).lower(*inputs).compile()
+    fwdbwd = jax.jit(jax.grad(loss)).lower(*inputs).compile()
+    compile_s = time.perf_counter() - start
+    return {
+        "params": int(n_params),
+        "compile_s": round(compile_s, 3),
+        "fwd_ms": round(_median_ms(fwd, inputs, args.warmup, args.iters), 3),
+        "fwdbwd_ms": round(_median_ms(fwdbwd, inputs, args.warmup, args.iters), 3),
+        "batch": args.batch,
+        "frames": args.frames,
+        "latent_hw": [height, width],
+        "text_len": args.text_len,
+        "dtype": args.dtype,
+        "device": jax.devices()[0].device_kind,
+    }
+
+
+def main(argv=None):
+    print(json.dumps(run(parse_args(argv))))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Shared fixtures: the reference checkpoint and compiled functions are built once per session."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jax_i2v.convert import load_unet
+
+FIXTURES = pathlib.Path(os.environ.get("JAX_I2V_FIXTURES", pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+REFERENCE_UNET = FIXTURES / "consisti2v_unet_tiny"
+
+
+def to_channels_last(x):
+    """(B, C, F, H, W) -> (B, F, H, W, C)."""
+    return np.transpose(x, (0, 2, 3, 4, 1))
+
+
+@pytest.fixture(scope="session")
+def reference_dir():
+    if not (REFERENCE_UNET / "unet" / "config.json").is_file():
+        pytest.fail(f"reference fixtures not found at {REFERENCE_UNET} (set JAX_I2V_FIXTURES)")
+    return REFERENCE_UNET
+
+
+@pytest.fixture(scope="session")
+def reference_unet(reference_dir):
+    """(model, params) of the reference checkpoint."""
+    return load_unet(str(reference_dir / "unet"))
+
+
+@pytest.fixture(scope="session")
+def reference_cases(reference_dir):
+    """The two reference cases in channels-last layout: list of (inputs dict, expected output)."""
+    io = np.load(reference_dir / "io.npz")
+    cases = []
+    for i in range(2):
+        p = f"case{i}_"
+        inputs = dict(
+            sample=to_channels_last(io[p + "sample"]),
+            timesteps=io[p + "timestep"],
+            encoder_hidden_states=io[p + "encoder_hidden_states"],
+            first_frame_latents=to_channels_last(io[p + "first_frame_latents"]),
+            frame_stride=io[p + "frame_stride"],
+        )
+        cases.append((inputs, to_channels_last(io[p + "out"])))
+    return cases
+
+
+@pytest.fixture(scope="session")
+def reference_apply(reference_unet):
+    """Compiled apply of the reference model: f(params, **inputs).
+
+    Scalar timesteps/strides are broadcast to (B,) first, so scalar and per-sample
+    calls of one shape share a single compilation.
+    """
+    model, _ = reference_unet
+
+    @jax.jit
+    def compiled(params, sample, timesteps, encoder_hidden_states, first_frame_latents, frame_stride):
+        return model.apply(
+            {"params": params},
+            sample,
+            timesteps,
+            encoder_hidden_states,
+            first_frame_latents=first_frame_latents,
+            frame_stride=frame_stride,
+        )
+
+    def apply(params, sample, timesteps, encoder_hidden_states, first_frame_latents, frame_stride):
+        batch = (sample.shape[0],)
+        return compiled(
+            params,
+            sample,
+            np.broadcast_to(np.asarray(timesteps, np.float32), batch),
+            encoder_hidden_states,
+            first_frame_latents,
+            np.broadcast_to(np.asarray(frame_stride, np.float32), batch),
+        )
+
+    return apply

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.convert import read_unet_config
-from jax_i2v.models.attention import IMPLEMENTATIONS, rotary_frequencies
-from jax_i2v.models.unet import build_unet, dummy_inputs
+from jax_i2v.models.attention import IMPLEMENTATIONS
+from jax_i2v.models.unet import build_unet, random_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -57,27 +57,6 @@ def _median_ms(fn, args, warmup, iters):
         jax.block_until_ready(fn(*args))
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def random_params(model, seed: int):
-    """Random params of the right shapes from `eval_shape` and NumPy: no init compilation.
-
-    Kernels ~ N(0, 1/fan_in), norms at identity, alpha mixers at 0.5 so every temporal path is live.
-    """
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(model.config)))["params"]
-    rng = np.random.default_rng(seed)
-
-    def make(path, leaf):
-        name = path[-1].key
-        if name == "kernel":
-            return rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
-        if name == "alpha":
-            return np.full(leaf.shape, 0.5, np.float32)
-        if name == "freqs":
-            return np.asarray(rotary_frequencies(4 * leaf.shape[0]))
-        return (np.ones if name == "scale" else np.zeros)(leaf.shape, np.float32)
-
-    return jax.tree_util.tree_map_with_path(make, shapes)
 
 
 def run(args) -> dict:

@@ -26,6 +26,33 @@ def reference_dir():
 
 
 @pytest.fixture(scope="session")
+def frameinit_cases():
+    """FrameInit reference cases: dicts with channels-last first / noise / filter / mixed and the settings."""
+    path = FIXTURES / "frameinit.npz"
+    if not path.is_file():
+        pytest.fail(f"reference fixtures not found at {path} (set JAX_I2V_FIXTURES)")
+    data = np.load(path)
+    cases = []
+    for i in range(5):
+        p = f"case{i}_"
+        order, d_s, d_t, noise_level = data[p + "params"]
+        cases.append(
+            dict(
+                first=to_channels_last(data[p + "first"]),
+                noise=to_channels_last(data[p + "noise"]),
+                filter=data[p + "filter"],  # (B, C, T, H, W), the same mask for every b, c
+                mixed=to_channels_last(data[p + "mixed"]),
+                filter_type=str(data[p + "type"]),
+                order=int(order),
+                d_s=float(d_s),
+                d_t=float(d_t),
+                noise_level=int(noise_level),
+            )
+        )
+    return cases
+
+
+@pytest.fixture(scope="session")
 def reference_unet(reference_dir):
     """(model, params) of the reference checkpoint."""
     return load_unet(str(reference_dir / "unet"))

@@ -10,9 +10,11 @@ from typing import Any, Optional
 
 import flax.linen as nn
 from flax import traverse_util
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jax_i2v.models.attention import IMPLEMENTATIONS
+from jax_i2v.models.attention import IMPLEMENTATIONS, rotary_frequencies
 from jax_i2v.models.config import UNetConfig
 from jax_i2v.models.layers import (
     Downsample2D,
@@ -276,6 +278,27 @@ def dummy_inputs(config: UNetConfig, batch: int = 1, frames: int = 2, height: Op
         first_frame_latents=jnp.zeros((batch, 1, height, width, c), jnp.float32),
         frame_stride=jnp.ones((batch,), jnp.int32),
     )
+
+
+def random_params(model: VideoUNet, seed: int):
+    """Random params of the right shapes from `eval_shape` and NumPy: no init compilation.
+
+    Kernels ~ N(0, 1/fan_in), norms at identity, alpha mixers at 0.5 so every temporal path is live.
+    """
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(model.config)))["params"]
+    rng = np.random.default_rng(seed)
+
+    def make(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            return rng.standard_normal(leaf.shape, np.float32) / np.sqrt(np.prod(leaf.shape[:-1]))
+        if name == "alpha":
+            return np.full(leaf.shape, 0.5, np.float32)
+        if name == "freqs":
+            return np.asarray(rotary_frequencies(4 * leaf.shape[0]))
+        return (np.ones if name == "scale" else np.zeros)(leaf.shape, np.float32)
+
+    return jax.tree_util.tree_map_with_path(make, shapes)
 
 
 def map_mixers(fn, params):

@@ -1,0 +1,133 @@
+"""The ConsistI2V training objective (`train.py:383-464`) as a pure function.
+
+Per video: t ~ U{0..T-1}; all F frames are noised with pyoco-mixed noise; with probability
+`first_frame_dropout` the clean conditioning frame is replaced by its own noisy version at t, and
+independently with probability `text_dropout` the caption by the empty caption; the model sees the
+noisy frames 2..F and the loss is the MSE on those frames only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jax_i2v.diffusion.schedules import PREDICTION_TYPES, NoiseSchedule, add_noise, pyoco_mixed_noise, velocity
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Defaults are the release's (`training.yaml`)."""
+
+    prediction_type: str = "epsilon"
+    noise_alpha: float = 1.0  # pyoco mixed; 0 = independent per frame
+    first_frame_dropout: float = 0.1
+    text_dropout: float = 0.1
+    # False for models without a first-frame path ("none" mode): all F frames are denoised and scored.
+    condition_on_first_frame: bool = True
+
+    def __post_init__(self):
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        for name in ("first_frame_dropout", "text_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+        if self.noise_alpha < 0:
+            raise ValueError(f"noise_alpha must be >= 0, got {self.noise_alpha}")
+
+
+@flax.struct.dataclass
+class TrainingExample:
+    """One noised batch, ready for the model.
+
+    sample: (B, F', H, W, C) noisy frames the model denoises (F' = F - 1 when conditioning on
+    the first frame, else F); target: its regression target (float32); first_frame: (B, 1, H, W, C)
+    or None; timesteps, frame_stride: (B,); text: (B, L, D); noise: (B, F, H, W, C) all frames' noise;
+    first_frame_dropped, text_dropped: (B,) bool.
+    """
+
+    sample: jax.Array
+    target: jax.Array
+    timesteps: jax.Array
+    text: jax.Array
+    frame_stride: jax.Array
+    noise: jax.Array
+    first_frame_dropped: jax.Array
+    text_dropped: jax.Array
+    first_frame: Optional[jax.Array] = None
+
+
+def _where_per_video(mask, if_true, if_false):
+    return jnp.where(mask.reshape(mask.shape + (1,) * (if_true.ndim - 1)), if_true, if_false)
+
+
+def prepare_example(
+    batch: Mapping[str, jax.Array],
+    null_text: jax.Array,
+    rng: jax.Array,
+    schedule: NoiseSchedule,
+    config: ObjectiveConfig,
+) -> TrainingExample:
+    """Draws t, noise and dropouts for `batch`.
+
+    batch: "latents" (B, F, H, W, C) clean, "text" (B, L, D), "frame_stride" (B,) (optional, default 1).
+    null_text: (L, D) or (1, L, D) embedding of the empty caption.
+    """
+    latents, text = batch["latents"], batch["text"]
+    if latents.ndim != 5 or latents.shape[1] < 2:
+        raise ValueError(f"latents must be (B, F>=2, H, W, C), got {latents.shape}")
+    b = latents.shape[0]
+    frame_stride = batch.get("frame_stride")
+    frame_stride = jnp.ones((b,), jnp.float32) if frame_stride is None else jnp.asarray(frame_stride, jnp.float32)
+    noise_key, t_key, first_key, text_key = jax.random.split(rng, 4)
+
+    noise = pyoco_mixed_noise(noise_key, latents.shape, config.noise_alpha)
+    timesteps = jax.random.randint(t_key, (b,), 0, schedule.num_train_timesteps)
+    noisy = add_noise(schedule, latents.astype(jnp.float32), noise, timesteps)
+    first_dropped = jax.random.bernoulli(first_key, config.first_frame_dropout, (b,))
+    text_dropped = jax.random.bernoulli(text_key, config.text_dropout, (b,))
+    null_text = jnp.broadcast_to(jnp.asarray(null_text, text.dtype).reshape((1,) + text.shape[1:]), text.shape)
+    text = _where_per_video(text_dropped, null_text, text)
+
+    if config.prediction_type == "epsilon":
+        target = noise
+    else:
+        target = velocity(schedule, latents, noise, timesteps)
+    first = None
+    sample = noisy
+    if config.condition_on_first_frame:
+        first = _where_per_video(first_dropped, noisy[:, :1], latents[:, :1].astype(jnp.float32))
+        sample, target = noisy[:, 1:], target[:, 1:]
+    return TrainingExample(
+        sample=sample,
+        target=target,
+        timesteps=timesteps,
+        text=text,
+        frame_stride=frame_stride,
+        noise=noise,
+        first_frame_dropped=first_dropped,
+        text_dropped=text_dropped,
+        first_frame=first,
+    )
+
+
+def diffusion_loss(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    null_text: jax.Array,
+    rng: jax.Array,
+    schedule: NoiseSchedule,
+    config: ObjectiveConfig,
+):
+    """MSE between the model's prediction and its target, in float32. Returns (loss, example).
+
+    apply_fn(params, sample, timesteps, text, first_frame, frame_stride) -> prediction like `sample`.
+    """
+    example = prepare_example(batch, null_text, rng, schedule, config)
+    prediction = apply_fn(params, example.sample, example.timesteps, example.text, example.first_frame, example.frame_stride)
+    loss = jnp.mean(jnp.square(prediction.astype(jnp.float32) - example.target))
+    return loss, example

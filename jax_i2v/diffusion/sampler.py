@@ -1,0 +1,77 @@
+"""Image-to-video sampling of one chunk of F frames (ConsistI2V `pipe.py:584-695`).
+
+initial noise (pyoco mixed) -> optional FrameInit from a static/camera video -> DDIM with guidance.
+Everything here is traceable; `I2VPipeline` jits it once per (model, shapes, guidance mode).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jax_i2v.diffusion.ddim import DDIMConfig, ddim_sample
+from jax_i2v.diffusion.frameinit import frame_init
+from jax_i2v.diffusion.guidance import Conditioning, guided_prediction
+from jax_i2v.diffusion.schedules import pyoco_mixed_noise
+
+
+@flax.struct.dataclass
+class SamplingOptions:
+    """Per-call numbers, all traced: changing them does not recompile.
+
+    timesteps: `padded_timesteps(num_steps, scheduler)`; frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
+    use_frameinit: bool scalar.
+    """
+
+    timesteps: jax.Array
+    num_steps: jax.Array
+    text_scale: jax.Array
+    image_scale: jax.Array
+    eta: jax.Array
+    noise_alpha: jax.Array
+    use_frameinit: jax.Array
+    frameinit_mask: jax.Array
+    frameinit_timestep: jax.Array
+
+
+def sample_chunk(
+    apply_fn: Callable[..., jax.Array],
+    first_frame: jax.Array,
+    static_video: jax.Array,
+    text: jax.Array,
+    null_text: jax.Array,
+    frame_stride: jax.Array,
+    rng: jax.Array,
+    options: SamplingOptions,
+    scheduler: DDIMConfig,
+    guidance: str,
+    condition_on_first_frame: bool = True,
+    report_progress: bool = False,
+) -> jax.Array:
+    """Denoised latents of one chunk.
+
+    apply_fn(sample, timesteps, text, first_frame, frame_stride) -> model output.
+    first_frame: (B, 1, h, w, C) conditioning latent; static_video: (B, F, h, w, C), what FrameInit
+    takes its low frequencies from (the first frame repeated, or camera-motion crops).
+    text, null_text: (B, L, D); frame_stride: (B,).
+    Returns (B, F - 1, h, w, C) float32 for first-frame-conditioned models, else (B, F, h, w, C).
+    """
+    schedule = scheduler.schedule()
+    noise_key, ddim_key = jax.random.split(rng)
+    noise = pyoco_mixed_noise(noise_key, static_video.shape, options.noise_alpha)
+    mixed = frame_init(schedule, static_video, noise, options.frameinit_mask, options.frameinit_timestep)
+    latents = jnp.where(options.use_frameinit, mixed, noise)
+    if condition_on_first_frame:
+        # The image-unconditional branch sees the initial noise's frame 0, fixed for all steps.
+        cond = Conditioning(text, null_text, frame_stride, first_frame.astype(jnp.float32), latents[:, :1])
+        latents = latents[:, 1:]
+    else:
+        cond = Conditioning(text, null_text, frame_stride)
+
+    def denoise(x, t):
+        return guided_prediction(apply_fn, x, t, cond, guidance, options.text_scale, options.image_scale)
+
+    return ddim_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress)

@@ -1,0 +1,107 @@
+"""Noise schedules, forward noising and the correlated "pyoco mixed" video noise.
+
+Latents are channels-last `(B, F, H, W, C)`; timesteps are integer arrays of shape `(B,)`
+(or scalars), one per video.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BETA_SCHEDULES = ("linear", "scaled_linear")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+@flax.struct.dataclass
+class NoiseSchedule:
+    """Discrete DDPM schedule as arrays (a pytree, so it can be passed into `jit`).
+
+    betas, alphas_cumprod: (num_train_timesteps,) float32.
+    """
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.betas.shape[0]
+
+
+def make_schedule(
+    beta_schedule: str = "linear",
+    beta_start: float = 0.00085,
+    beta_end: float = 0.012,
+    num_train_timesteps: int = 1000,
+) -> NoiseSchedule:
+    """The DDPM schedule. ConsistI2V trains with "linear" 0.00085..0.012 (not SD's "scaled_linear")."""
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
+    if num_train_timesteps < 2 or not 0.0 < beta_start <= beta_end < 1.0:
+        raise ValueError(
+            f"need num_train_timesteps >= 2 and 0 < beta_start <= beta_end < 1, "
+            f"got {num_train_timesteps}, {beta_start}, {beta_end}"
+        )
+    # float32 throughout, as diffusers computes it, so alphas_cumprod match it bit for bit.
+    if beta_schedule == "linear":
+        betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32)
+    else:
+        betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float32) ** 2
+    alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
+    return NoiseSchedule(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(alphas_cumprod))
+
+
+def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
+    """(B,) or scalar -> broadcastable against `like` (B, ...)."""
+    values = jnp.asarray(values, jnp.float32)
+    if values.ndim == 0:
+        return values
+    return values.reshape(values.shape + (1,) * (like.ndim - values.ndim))
+
+
+def signal_and_noise_scales(schedule: NoiseSchedule, timesteps, like: jax.Array):
+    """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), broadcastable against `like`."""
+    alpha_bar = _per_sample(schedule.alphas_cumprod[jnp.asarray(timesteps, jnp.int32)], like)
+    return jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
+
+
+def add_noise(schedule: NoiseSchedule, clean: jax.Array, noise: jax.Array, timesteps) -> jax.Array:
+    """q(x_t | x_0): sqrt(a_t) x_0 + sqrt(1 - a_t) eps, with t per video."""
+    signal, sigma = signal_and_noise_scales(schedule, timesteps, clean)
+    return (signal * clean.astype(jnp.float32) + sigma * noise.astype(jnp.float32)).astype(clean.dtype)
+
+
+def velocity(schedule: NoiseSchedule, clean: jax.Array, noise: jax.Array, timesteps) -> jax.Array:
+    """The v-prediction target sqrt(a_t) eps - sqrt(1 - a_t) x_0."""
+    signal, sigma = signal_and_noise_scales(schedule, timesteps, clean)
+    return signal * noise.astype(jnp.float32) - sigma * clean.astype(jnp.float32)
+
+
+def split_prediction(schedule: NoiseSchedule, noisy: jax.Array, model_output: jax.Array, timesteps, prediction_type: str):
+    """Model output -> (predicted x_0, predicted eps), both float32."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    signal, sigma = signal_and_noise_scales(schedule, timesteps, noisy)
+    noisy = noisy.astype(jnp.float32)
+    model_output = model_output.astype(jnp.float32)
+    if prediction_type == "epsilon":
+        return (noisy - sigma * model_output) / signal, model_output
+    return signal * noisy - sigma * model_output, signal * model_output + sigma * noisy
+
+
+def pyoco_mixed_noise(rng: jax.Array, shape: tuple[int, ...], alpha: float, frame_axis: int = 1, dtype=jnp.float32):
+    """Video noise correlated across frames (PYoCo "mixed"): sqrt(a^2/(1+a^2)) s + sqrt(1/(1+a^2)) e_f.
+
+    `s` is one draw shared by all frames, `e_f` one per frame, so each frame has unit variance and
+    any two frames correlate at a^2 / (1 + a^2). alpha = 0 gives independent frames; alpha may be traced.
+    """
+    if isinstance(alpha, (int, float)) and alpha < 0:
+        raise ValueError(f"noise alpha must be >= 0, got {alpha}")
+    shared_key, frame_key = jax.random.split(rng)
+    shared_shape = tuple(1 if axis == frame_axis % len(shape) else n for axis, n in enumerate(shape))
+    shared = jax.random.normal(shared_key, shared_shape, jnp.float32)
+    per_frame = jax.random.normal(frame_key, shape, jnp.float32)
+    a2 = jnp.square(jnp.asarray(alpha, jnp.float32))
+    return (jnp.sqrt(a2 / (1.0 + a2)) * shared + jnp.sqrt(1.0 / (1.0 + a2)) * per_frame).astype(dtype)

@@ -1,0 +1,220 @@
+"""`I2VPipeline`: first image + caption -> video frames, with FrameInit, camera motion and
+autoregressive long videos.
+
+    pipe = I2VPipeline(unet, params, text_encoder=HashedWordEncoder(8, 32))
+    frames = pipe("first.png", "a red circle moves left", num_frames=8, num_steps=25)
+    # frames: (num_videos, T, H, W, 3) float32 in [0, 1]; T = F + (chunks - 1)(F - 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from jax_i2v import media
+from jax_i2v.diffusion import progress
+from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
+from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
+from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
+from jax_i2v.diffusion.guidance import guidance_mode
+from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
+from jax_i2v.models.unet import VideoUNet
+from jax_i2v.models.vae import LatentCodec, PixelSpace
+from jax_i2v.text import TextEncoder
+
+
+@functools.partial(jax.jit, static_argnames=("unet", "scheduler", "guidance", "report_progress"))
+def _sample_chunk(unet, params, first_frame, static_video, text, null_text, frame_stride, rng, options, *, scheduler, guidance, report_progress):
+    def apply_fn(sample, timesteps, text, first, stride):
+        return unet.apply({"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride)
+
+    return sample_chunk(
+        apply_fn,
+        first_frame,
+        static_video,
+        text,
+        null_text,
+        frame_stride,
+        rng,
+        options,
+        scheduler,
+        guidance,
+        condition_on_first_frame=unet.config.conditions_on_first_frame,
+        report_progress=report_progress,
+    )
+
+
+@dataclasses.dataclass
+class I2VPipeline:
+    """A video UNet with its params, a caption encoder and a latent codec.
+
+    text_encoder may be None when callers pass embeddings directly. `vae` defaults to pixel space.
+    """
+
+    unet: VideoUNet
+    params: Any
+    text_encoder: Optional[TextEncoder] = None
+    vae: LatentCodec = dataclasses.field(default_factory=PixelSpace)
+    scheduler: DDIMConfig = dataclasses.field(default_factory=DDIMConfig)
+
+    def __post_init__(self):
+        channels = self.unet.config.in_channels
+        if self.vae.latent_channels != channels:
+            raise ValueError(
+                f"the UNet takes {channels}-channel latents but the codec ({type(self.vae).__name__}) gives "
+                f"{self.vae.latent_channels}; latent-space models need their VAE"
+            )
+
+    @property
+    def default_size(self) -> int:
+        return self.unet.config.sample_size * self.vae.downsample_factor
+
+    def _embed(self, prompt, embeddings, batch: int, what: str) -> jax.Array:
+        if embeddings is None:
+            if self.text_encoder is None:
+                raise ValueError(f"no text encoder: pass {what} embeddings")
+            embeddings = self.text_encoder.encode([prompt])
+        embeddings = jnp.asarray(embeddings, jnp.float32)
+        if embeddings.ndim == 2:
+            embeddings = embeddings[None]
+        if embeddings.ndim != 3 or embeddings.shape[-1] != self.unet.config.cross_attention_dim:
+            raise ValueError(
+                f"{what} embeddings must be (L, {self.unet.config.cross_attention_dim}) or (B, L, D), got {embeddings.shape}"
+            )
+        if embeddings.shape[0] not in (1, batch):
+            raise ValueError(f"{what} embeddings have batch {embeddings.shape[0]}, expected 1 or {batch}")
+        return jnp.broadcast_to(embeddings, (batch,) + embeddings.shape[1:])
+
+    def encode_frames(self, pixels_uint8: np.ndarray, rng: jax.Array) -> jax.Array:
+        """(N, H, W, 3) uint8 -> (N, h, w, C) latents."""
+        return jnp.asarray(self.vae.encode(media.to_model_range(pixels_uint8), rng), jnp.float32)
+
+    def decode(self, latents: jax.Array) -> np.ndarray:
+        """(B, T, h, w, C) latents -> (B, T, H, W, 3) float32 frames in [0, 1], one frame at a time
+        through the codec so long videos do not need the whole decoder activation at once."""
+        b, t = latents.shape[:2]
+        frames = [np.asarray(self.vae.decode(latents[:, i])) for i in range(t)]
+        return np.clip(np.stack(frames, axis=1) / 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
+
+    def sample_latents(
+        self,
+        image: media.ImageLike,
+        prompt: str = "",
+        negative_prompt: str = "",
+        *,
+        text_embeddings=None,
+        null_text_embeddings=None,
+        num_frames: int = 16,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        num_steps: int = 50,
+        text_guidance: float = 7.5,
+        image_guidance: float = 1.0,
+        eta: float = 0.0,
+        frame_stride: float = 3,
+        noise_alpha: float = 1.0,
+        frameinit: Optional[FrameInitConfig] = FrameInitConfig(),
+        camera_motion: Optional[str] = None,
+        chunks: int = 1,
+        num_videos: int = 1,
+        seed: int = 0,
+        show_progress: bool = True,
+    ) -> jax.Array:
+        """Latents (num_videos, T, h, w, C) of the video, T = F + (chunks - 1)(F - 1).
+
+        num_frames (F) counts the conditioning frame. Chunk k > 0 is conditioned on the last latent
+        of chunk k - 1 (no VAE round trip) and gets fresh noise; camera motion shapes chunk 0 only.
+        """
+        cfg = self.unet.config
+        height = height or self.default_size
+        width = width or self.default_size
+        factor = self.vae.downsample_factor
+        if num_frames < 2 or chunks < 1 or num_videos < 1:
+            raise ValueError(f"need num_frames >= 2, chunks >= 1, num_videos >= 1; got {num_frames}, {chunks}, {num_videos}")
+        if height % factor or width % factor:
+            raise ValueError(f"height and width must be multiples of the codec's factor {factor}, got {height}x{width}")
+        if camera_motion is not None and camera_motion not in CAMERA_MOTIONS:
+            raise ValueError(f"camera_motion must be one of {CAMERA_MOTIONS} or None, got {camera_motion!r}")
+        if camera_motion is not None and frameinit is None:
+            raise ValueError("camera motion works through FrameInit: pass a FrameInitConfig")
+        if image_guidance > 1.0 and not cfg.conditions_on_first_frame:
+            raise ValueError("image guidance needs a model that conditions on the first frame")
+        check_num_steps(num_steps, self.scheduler)
+        guidance = guidance_mode(text_guidance, image_guidance)
+
+        key = jax.random.key(seed)
+        encode_key, sample_key = jax.random.split(key)
+        pixels = media.load_image(image)
+        if camera_motion is None:
+            first_frame = self.encode_frames(media.resize_and_center_crop(pixels, height, width)[None], encode_key)
+            camera_video = None
+        else:
+            camera_video = self.encode_frames(camera_motion_frames(pixels, camera_motion, num_frames, height, width), encode_key)
+            first_frame = camera_video[:1]
+        latent_shape = first_frame.shape[1:]
+        first_frame = jnp.broadcast_to(first_frame[:, None], (num_videos, 1) + latent_shape)
+        text = self._embed(prompt, text_embeddings, num_videos, "text")
+        null_text = self._embed(negative_prompt, null_text_embeddings, num_videos, "null text")
+        if text.shape[1:] != null_text.shape[1:]:
+            raise ValueError(f"text {text.shape} and null text {null_text.shape} embeddings differ in shape")
+
+        frameinit_cfg = frameinit or FrameInitConfig()
+        options = SamplingOptions(
+            timesteps=jnp.asarray(padded_timesteps(num_steps, self.scheduler)),
+            num_steps=jnp.int32(num_steps),
+            text_scale=jnp.float32(text_guidance),
+            image_scale=jnp.float32(image_guidance),
+            eta=jnp.float32(eta),
+            noise_alpha=jnp.float32(noise_alpha),
+            use_frameinit=jnp.bool_(frameinit is not None),
+            frameinit_mask=jnp.asarray(low_pass_filter(num_frames, *latent_shape[:2], frameinit_cfg)),
+            frameinit_timestep=jnp.int32(frameinit_cfg.timestep(self.scheduler.num_train_timesteps)),
+        )
+        stride = jnp.full((num_videos,), frame_stride, jnp.float32)
+        pieces = [first_frame] if cfg.conditions_on_first_frame else []
+        bar = tqdm.tqdm(total=num_steps * chunks, desc="denoising", unit="step", disable=not show_progress)
+        with bar, progress.on_step(lambda step, total: bar.update(1)):
+            for chunk in range(chunks):
+                if chunk == 0 and camera_video is not None:
+                    static_video = jnp.broadcast_to(camera_video[None], (num_videos,) + camera_video.shape)
+                else:
+                    static_video = jnp.broadcast_to(first_frame, (num_videos, num_frames) + latent_shape)
+                latents = _sample_chunk(
+                    self.unet,
+                    self.params,
+                    first_frame,
+                    static_video,
+                    text,
+                    null_text,
+                    stride,
+                    jax.random.fold_in(sample_key, chunk),
+                    options,
+                    scheduler=self.scheduler,
+                    guidance=guidance,
+                    report_progress=show_progress,
+                )
+                latents = jax.block_until_ready(latents)
+                # Unconditioned models regenerate the conditioning frame in later chunks: drop it.
+                pieces.append(latents if (cfg.conditions_on_first_frame or chunk == 0) else latents[:, 1:])
+                first_frame = latents[:, -1:]
+            jax.effects_barrier()
+        return jnp.concatenate(pieces, axis=1)
+
+    def __call__(self, image: media.ImageLike, prompt: str = "", negative_prompt: str = "", **kwargs) -> np.ndarray:
+        """Frames (num_videos, T, H, W, 3) float32 in [0, 1]; see `sample_latents` for the options."""
+        return self.decode(self.sample_latents(image, prompt, negative_prompt, **kwargs))
+
+
+def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:
+    """Writes each video of a (B, T, H, W, 3) batch as `{prefix}_{i}.{fmt}` (or `{prefix}.{fmt}` for B = 1)."""
+    paths = []
+    for i, video in enumerate(frames):
+        stem = prefix if len(frames) == 1 else f"{prefix}_{i}"
+        paths += [media.write_video(f"{stem}.{fmt}", video, fps) for fmt in formats]
+    return paths

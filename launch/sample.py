@@ -1,0 +1,132 @@
+"""Samples videos from a first image and a caption; writes GIF and MP4.
+
+  python launch/sample.py --config configs/tiny.py --random-params \
+      --image first.png --prompt "a red circle moves left" --out samples/demo
+
+Params come from a diffusers-layout UNet folder (`--unet path/to/unet`, e.g. the reference
+checkpoint's) or, for smoke runs, are random (`--random-params`). Pixel-space configs need no VAE;
+captions go through the parameter-free hashed word encoder until the CLIP tower lands. A progress
+bar counts denoising steps; the files written are printed as JSON on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from jax_i2v import media
+from jax_i2v.config_utils import load_config, unet_config
+from jax_i2v.convert import load_unet
+from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
+from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
+from jax_i2v.models.unet import build_unet, random_params
+from jax_i2v.pipeline import I2VPipeline, save_videos
+from jax_i2v.text import HashedWordEncoder
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("model")
+    src.add_argument("--config", help="ml_collections config (configs/*.py); gives the UNet and default sizes")
+    weights = src.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--unet", help="diffusers-layout unet/ folder (config.json + safetensors)")
+    weights.add_argument("--random-params", action="store_true", help="random weights (smoke tests only)")
+    src.add_argument("--text-len", type=int, help="caption length in tokens (default: config data.text_len, else 77)")
+
+    io = p.add_argument_group("input / output")
+    io.add_argument("--image", required=True, help="first frame (any image file PIL reads)")
+    io.add_argument("--prompt", default="")
+    io.add_argument("--negative-prompt", default="")
+    io.add_argument("--out", required=True, help="output prefix: writes PREFIX.gif and PREFIX.mp4")
+    io.add_argument("--formats", nargs="+", choices=media.VIDEO_FORMATS, default=list(media.VIDEO_FORMATS))
+    io.add_argument("--fps", type=float, default=8.0)
+
+    s = p.add_argument_group("sampling")
+    s.add_argument("--frames", type=int, help="frames per chunk including the first (default: config, else 16)")
+    s.add_argument("--height", type=int)
+    s.add_argument("--width", type=int)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--text-guidance", type=float, default=7.5)
+    s.add_argument("--image-guidance", type=float, default=1.0, help="> 1 switches to 3-way text+image guidance")
+    s.add_argument("--eta", type=float, default=0.0)
+    s.add_argument("--frame-stride", type=float, default=3)
+    s.add_argument("--noise-alpha", type=float, default=1.0, help="pyoco mixed-noise alpha (0: independent frames)")
+    s.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), default="gaussian")
+    s.add_argument("--frameinit-ds", type=float, default=0.25)
+    s.add_argument("--frameinit-dt", type=float, default=0.25)
+    s.add_argument("--frameinit-order", type=int, default=4, help="Butterworth order")
+    s.add_argument("--frameinit-noise-level", type=int, default=850)
+    s.add_argument("--camera-motion", choices=CAMERA_MOTIONS)
+    s.add_argument("--chunks", type=int, default=1, help="autoregressive chunks; each adds frames - 1 frames")
+    s.add_argument("--num-videos", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.random_params and not args.config:
+        p.error("--random-params needs --config for the architecture")
+    if args.camera_motion and args.frameinit == "none":
+        p.error("--camera-motion works through FrameInit; choose a --frameinit filter")
+    return args
+
+
+def build_pipeline(args) -> tuple[I2VPipeline, dict]:
+    config = load_config(args.config) if args.config else None
+    defaults = dict(config.get("data", {})) if config is not None else {}
+    if args.unet:
+        unet, params = load_unet(args.unet)
+    else:
+        unet = build_unet(unet_config(config))
+        params = random_params(unet, args.seed)
+    text_len = args.text_len or defaults.get("text_len", 77)
+    encoder = HashedWordEncoder(text_len, unet.config.cross_attention_dim)
+    return I2VPipeline(unet, params, text_encoder=encoder), defaults
+
+
+def run(args) -> dict:
+    pipe, defaults = build_pipeline(args)
+    frames = args.frames or defaults.get("frames", 16)
+    height = args.height or defaults.get("resolution") or pipe.default_size
+    width = args.width or defaults.get("resolution") or pipe.default_size
+    media.check_video_size(height, width, args.formats)
+    frameinit = None
+    if args.frameinit != "none":
+        frameinit = FrameInitConfig(
+            args.frameinit, args.frameinit_ds, args.frameinit_dt, args.frameinit_order, args.frameinit_noise_level
+        )
+    start = time.perf_counter()
+    video = pipe(
+        args.image,
+        args.prompt,
+        args.negative_prompt,
+        num_frames=frames,
+        height=height,
+        width=width,
+        num_steps=args.steps,
+        text_guidance=args.text_guidance,
+        image_guidance=args.image_guidance,
+        eta=args.eta,
+        frame_stride=args.frame_stride,
+        noise_alpha=args.noise_alpha,
+        frameinit=frameinit,
+        camera_motion=args.camera_motion,
+        chunks=args.chunks,
+        num_videos=args.num_videos,
+        seed=args.seed,
+        show_progress=not args.no_progress,
+    )
+    seconds = time.perf_counter() - start
+    paths = save_videos(video, args.out, args.formats, args.fps)
+    return {"files": paths, "shape": list(video.shape), "seconds": round(seconds, 2)}
+
+
+def main(argv=None) -> dict:
+    result = run(parse_args(argv))
+    print(json.dumps(result))
+    sys.stdout.flush()
+    return result
+
+
+if __name__ == "__main__":
+    main()

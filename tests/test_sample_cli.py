@@ -1,0 +1,58 @@
+"""`launch/sample.py` end to end with the tiny config's UNet (random weights)."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from PIL import Image
+
+from launch import sample
+
+FRAMES, SIZE, STEPS = 4, 16, 3
+
+
+@pytest.fixture(scope="module")
+def first_image(tmp_path_factory):
+    """A wide image (room to pan) with a bright disc."""
+    y, x = np.mgrid[0:24, 0:48]
+    image = np.zeros((24, 48, 3), np.uint8)
+    image[..., 0], image[..., 1] = x * 5, y * 10
+    image[(x - 16) ** 2 + (y - 12) ** 2 < 30] = 255
+    path = tmp_path_factory.mktemp("inputs") / "first.png"
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+SCENARIOS = {
+    "frameinit": [],
+    "no_frameinit": ["--frameinit", "none"],
+    "camera_motion": ["--camera-motion", "pan_right"],
+    "three_chunks": ["--chunks", "3"],
+    "image_guidance": ["--image-guidance", "1.5", "--frameinit", "butterworth"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_writes_playable_gif_and_mp4_of_the_requested_shape(scenario, first_image, tmp_path, capsys):
+    out = tmp_path / scenario
+    argv = ["--config", "configs/tiny.py", "--random-params", "--image", first_image, "--prompt", "a red circle moves left",
+            "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--steps", str(STEPS), "--out", str(out)]
+    result = sample.main(argv + SCENARIOS[scenario])
+    chunks = 3 if scenario == "three_chunks" else 1
+    length = FRAMES + (chunks - 1) * (FRAMES - 1)
+    assert result["shape"] == [1, length, SIZE, SIZE, 3]
+    assert result["files"] == [f"{out}.gif", f"{out}.mp4"]
+    gif = iio.imread(f"{out}.gif", index=None)
+    mp4 = iio.imread(f"{out}.mp4", plugin="pyav")
+    assert gif.shape == mp4.shape == (length, SIZE, SIZE, 3)
+    assert "denoising" in capsys.readouterr().err  # the progress bar
+
+
+def test_bad_arguments_fail_before_sampling(first_image, tmp_path):
+    base = ["--config", "configs/tiny.py", "--random-params", "--image", first_image, "--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit):
+        sample.parse_args(base + ["--camera-motion", "zoom_in", "--frameinit", "none"])
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--random-params", "--image", first_image, "--out", "x"])
+    with pytest.raises(ValueError, match="even"):
+        sample.run(sample.parse_args(base + ["--height", "15", "--width", "16"]))

@@ -98,8 +98,7 @@ class I2VPipeline:
     def decode(self, latents: jax.Array) -> np.ndarray:
         """(B, T, h, w, C) latents -> (B, T, H, W, 3) float32 frames in [0, 1], one frame at a time
         through the codec so long videos do not need the whole decoder activation at once."""
-        b, t = latents.shape[:2]
-        frames = [np.asarray(self.vae.decode(latents[:, i])) for i in range(t)]
+        frames = [np.asarray(self.vae.decode(latents[:, i])) for i in range(latents.shape[1])]
         return np.clip(np.stack(frames, axis=1) / 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
 
     def sample_latents(

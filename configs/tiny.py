@@ -1,5 +1,5 @@
-"""A CPU-sized ConsistI2V UNet (pixel space, 3 channels) for tests and demos: every
-architectural feature of the released model at ~2M params."""
+"""A CPU-sized ConsistI2V setup (pixel space, 3 channels, ~2M-param UNet with every architectural
+feature of the released model) trained on the synthetic moving-shapes dataset."""
 
 import ml_collections
 
@@ -35,8 +35,57 @@ def get_config():
         )
     )
     config.data = ml_collections.ConfigDict(
-        dict(frames=8, resolution=32, latent_size=32, latent_channels=3, text_len=8)
+        dict(
+            frames=8,
+            resolution=32,
+            latent_size=32,
+            latent_channels=3,
+            text_len=8,
+            stride_range=(1, 3),
+            random_flip=True,
+            dir="data/moving_shapes",
+            build_if_missing=True,
+            # The stored dataset (jax_i2v.data.moving_shapes_tfds.MovingShapesBuilderConfig).
+            dataset=dict(num_frames=32, resolution=32, max_objects=3, train_examples=2000, test_examples=64, seed=0),
+        )
     )
+    config.schedule = ml_collections.ConfigDict(
+        dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
+    )
+    config.objective = ml_collections.ConfigDict(
+        dict(prediction_type="epsilon", noise_alpha=1.0, first_frame_dropout=0.1, text_dropout=0.1)
+    )
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            learning_rate=3e-4,
+            schedule="warmup_constant",
+            warmup_steps=100,
+            total_steps=5000,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=1e-2,
+            grad_clip_norm=1.0,
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=8,
+            steps=2000,
+            seed=42,
+            log_every=10,
+            checkpoint_every=200,
+            keep_checkpoints=3,
+            remat_policy="none",
+            grad_accum_steps=1,
+            ema_decay=0.0,
+        )
+    )
+    # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).
+    config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=-1, fsdp=1, tensor=1), dcn=dict()))
+    # Overrides of jax_i2v.parallel.partitioning.DEFAULT_RULES, e.g. {"embed": None} (no FSDP).
+    config.sharding_rules = ml_collections.ConfigDict()
+    config.tensorboard = True
     config.dtype = "float32"
     config.param_dtype = "float32"
     return config

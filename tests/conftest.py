@@ -3,6 +3,11 @@
 import os
 import pathlib
 
+# Eight host devices for the sharding tests; must be set before JAX initialises its backend.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+).strip()
+
 import jax
 import numpy as np
 import pytest

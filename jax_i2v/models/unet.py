@@ -27,8 +27,26 @@ from jax_i2v.models.layers import (
     timestep_sinusoid,
 )
 from jax_i2v.models.transformer import Transformer
+from jax_i2v.parallel.partitioning import VIDEO_ACTIVATION_AXES
 
 Dtype = Any
+# "block": recompute each UNet block in the backward pass; "dots_saveable": keep only matmul
+# outputs without batch dimensions (weights-stationary products), recompute the rest.
+REMAT_POLICIES = ("none", "block", "dots_saveable")
+
+
+def _rematerialised(block_cls, policy: str, static_argnums=()):
+    if policy == "none":
+        return block_cls
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {policy!r}")
+    jax_policy = None if policy == "block" else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    return nn.remat(block_cls, policy=jax_policy, static_argnums=static_argnums)
+
+
+def _constrain(x):
+    """Block-boundary activation sharding (a no-op outside a mesh + logical-rules context)."""
+    return nn.with_logical_constraint(x, VIDEO_ACTIVATION_AXES)
 
 
 class UNetBlock(nn.Module):
@@ -159,6 +177,7 @@ class VideoUNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
+    remat_policy: str = "none"
 
     def _check_inputs(self, sample, encoder_hidden_states, first_frame_latents, frame_stride):
         cfg = self.config
@@ -216,12 +235,20 @@ class VideoUNet(nn.Module):
             temb = temb + TimestepEmbedding(
                 cfg.time_embed_dim, zero_init_last=True, name="frame_stride_embedding", **kw
             )(s)
+        # Split by video like the activations, not by channel like the embedding's weights.
+        temb = nn.with_logical_constraint(temb, ("batch", "channels"))
+
+        down_block = _rematerialised(DownBlock, self.remat_policy)
+        mid_block = _rematerialised(MidBlock, self.remat_policy)
+        # upsample_size (argument 6, counting the module) is a static shape.
+        up_block = _rematerialised(UpBlock, self.remat_policy, static_argnums=(6,))
 
         x = nn.Conv(cfg.block_out_channels[0], (3, 3), padding=((1, 1), (1, 1)), name="conv_in", **kw)(x)
+        x = _constrain(x)
         skips = [x]
         n_blocks = len(cfg.block_out_channels)
         for i, block_type in enumerate(cfg.down_block_types):
-            x, block_skips = DownBlock(
+            x, block_skips = down_block(
                 out_channels=cfg.block_out_channels[i],
                 heads=cfg.attention_head_dim[i],
                 has_attention=block_type == "CrossAttnDownBlock2D",
@@ -229,15 +256,17 @@ class VideoUNet(nn.Module):
                 name=f"down_blocks_{i}",
                 **block_kw,
             )(x, temb, context, first)
+            x = _constrain(x)
             skips.extend(block_skips)
 
-        x = MidBlock(
+        x = mid_block(
             out_channels=cfg.block_out_channels[-1],
             heads=cfg.attention_head_dim[-1],
             has_attention=True,
             name="mid_block",
             **block_kw,
         )(x, temb, context)
+        x = _constrain(x)
 
         up_channels = tuple(reversed(cfg.block_out_channels))
         up_heads = tuple(reversed(cfg.attention_head_dim))
@@ -247,7 +276,7 @@ class VideoUNet(nn.Module):
             is_final = i == n_blocks - 1
             # Upsample to the next skip's size, so odd latent sizes round-trip like diffusers.
             upsample_size = None if is_final else skips[-1].shape[2:4]
-            x = UpBlock(
+            x = up_block(
                 out_channels=up_channels[i],
                 heads=up_heads[i],
                 has_attention=block_type == "CrossAttnUpBlock2D",
@@ -255,6 +284,7 @@ class VideoUNet(nn.Module):
                 name=f"up_blocks_{i}",
                 **block_kw,
             )(x, block_skips, temb, context, first, upsample_size)
+            x = _constrain(x)
 
         x = nn.silu(frame_group_norm(cfg.norm_num_groups, cfg.norm_eps, name="conv_norm_out", **kw)(x))
         x = nn.Conv(cfg.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv_out", **kw)(x)

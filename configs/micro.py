@@ -1,0 +1,23 @@
+"""The smallest end-to-end setup (one UNet level, 16x16 pixels, 4 frames): for tests and smoke
+runs of the training loop, where compile time matters more than capacity."""
+
+import os
+
+from jax_i2v.config_utils import load_config
+
+
+def get_config():
+    config = load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))
+    config.unet.update(
+        down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",),
+        block_out_channels=(32,),
+        attention_head_dim=(2,),
+        sample_size=16,
+        n_frames=4,
+    )
+    config.data.update(frames=4, resolution=16, latent_size=16, text_len=6)
+    config.data.dataset.update(num_frames=8, resolution=16, train_examples=64, test_examples=4)
+    config.train.update(batch_size=4, steps=20, log_every=1, checkpoint_every=5)
+    config.optim.update(warmup_steps=0, schedule="constant", learning_rate=1e-3)
+    return config

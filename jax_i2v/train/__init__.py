@@ -1,0 +1,1 @@
+"""Pretraining: optimizer, sharded train state and the jitted train step."""

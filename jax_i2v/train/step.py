@@ -1,0 +1,134 @@
+"""The pretraining step: diffusion loss -> gradients (optionally accumulated over micro-batches)
+-> AdamW -> alpha-mixer clamp -> EMA, as one `jax.jit` with explicit shardings and the state donated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jax_i2v.diffusion.objective import ObjectiveConfig, diffusion_loss
+from jax_i2v.diffusion.schedules import NoiseSchedule
+from jax_i2v.models.unet import VideoUNet, clamp_mixers
+from jax_i2v.parallel.mesh import batch_parallel_size
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
+from jax_i2v.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.0  # 0: no EMA
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"need grad_accum_steps >= 1 and 0 <= ema_decay < 1, got {self.grad_accum_steps}, {self.ema_decay}"
+            )
+
+
+def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: ObjectiveConfig) -> Callable:
+    """loss(params, batch, null_text, rng) -> scalar for the video UNet."""
+
+    def apply(params, sample, timesteps, text, first, stride):
+        return model.apply({"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride)
+
+    def loss(params, batch, null_text, rng):
+        return diffusion_loss(apply, params, batch, null_text, rng, schedule, objective)[0]
+
+    return loss
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, grad_accum_steps: int = 1) -> None:
+    ways = batch_parallel_size(mesh)
+    if batch_size % (ways * grad_accum_steps):
+        raise ValueError(
+            f"global batch size {batch_size} is not divisible by data x fsdp = {ways} times "
+            f"grad_accum_steps = {grad_accum_steps}"
+        )
+
+
+def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int):
+    """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch)."""
+    grad_fn = jax.value_and_grad(loss_fn)
+    if steps == 1:
+        return grad_fn(params, batch, null_text, rng)
+    micro = jax.tree_util.tree_map(lambda x: x.reshape((steps, x.shape[0] // steps) + x.shape[1:]), batch)
+
+    def body(carry, inputs):
+        index, micro_batch = inputs
+        loss, grads = grad_fn(params, micro_batch, null_text, jax.random.fold_in(rng, index))
+        total_loss, total_grads = carry
+        return (total_loss + loss, jax.tree_util.tree_map(jnp.add, total_grads, grads)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(steps), micro))
+    return loss / steps, jax.tree_util.tree_map(lambda g: g / steps, grads)
+
+
+def make_train_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+    state_sharding: TrainState,
+    mesh: Mesh,
+    rules=DEFAULT_RULES,
+    config: StepConfig = StepConfig(),
+):
+    """train_step(state, batch, null_text, rng) -> (state, metrics), compiled once per batch shape.
+
+    The step's randomness is `fold_in(rng, state.step)`: the same draws whatever the mesh, and a
+    resumed run continues the same stream. Batch arrays are split on their leading dimension over
+    data x fsdp; metrics (loss, grad_norm, lr) are replicated scalars. `state` is donated.
+    """
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        loss, grads = _accumulated_value_and_grad(loss_fn, state.params, batch, null_text, rng, config.grad_accum_steps)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = clamp_mixers(optax.apply_updates(state.params, updates))
+        ema = state.ema_params
+        if ema is not None:
+            decay = config.ema_decay
+            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": learning_rate(state.step)}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
+
+    def batch_shardings(batch: Batch):
+        return {key: batch_sharding(mesh, jnp.ndim(value), rules) for key, value in batch.items()}
+
+    compiled = {}
+
+    def jitted(batch: Batch):
+        signature = tuple(sorted((k, jnp.ndim(v)) for k, v in batch.items()))
+        if signature not in compiled:
+            check_batch_size(next(iter(batch.values())).shape[0], mesh, config.grad_accum_steps)
+            compiled[signature] = jax.jit(
+                step,
+                in_shardings=(state_sharding, batch_shardings(batch), replicated, replicated),
+                out_shardings=(state_sharding, replicated),
+                donate_argnums=(0,),
+            )
+        return compiled[signature]
+
+    def train_step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
+        # Activation constraints inside the model resolve against this mesh and these rules at trace time.
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(batch)(state, batch, null_text, rng)
+
+    def lower(state, batch, null_text, rng):
+        """Ahead-of-time lowering (arguments may be ShapeDtypeStructs), e.g. for a TPU topology."""
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(batch).lower(state, batch, null_text, rng)
+
+    train_step.lower = lower
+    return train_step

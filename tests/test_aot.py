@@ -1,0 +1,26 @@
+"""`launch/aot_compile.py` for a small TPU topology (needs libtpu, from the `tpu` extra)."""
+
+import pytest
+
+pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]')")
+
+from launch import aot_compile  # noqa: E402
+
+
+@pytest.mark.slow
+def test_train_step_compiles_for_a_tpu_topology_and_reports_memory_and_flops():
+    result = aot_compile.run(
+        aot_compile.parse_args(["--config", "configs/micro.py", "--topology", "v5e:2x2", "--mesh", "data=2,fsdp=2"])
+    )
+    assert result["devices"] == 4 and result["device_kind"].startswith("TPU v5")
+    assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} and result["global_batch"] == 4
+    # fp32 params + two Adam moments, split at most four ways (FSDP), padded by TPU tiling.
+    state_bytes = 3 * 4 * result["params"]
+    assert state_bytes / 4 <= result["argument_bytes"] < 3 * state_bytes
+    assert result["total_bytes"] >= result["argument_bytes"] - result["alias_bytes"]
+    assert result["flops_per_step"] > 0
+
+
+def test_bad_mesh_argument_is_rejected():
+    with pytest.raises(SystemExit):
+        aot_compile.parse_args(["--config", "configs/micro.py", "--topology", "v5e:2x2", "--mesh", "pipeline=2"])

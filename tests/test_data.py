@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+
+from jax_i2v.data.moving_shapes import COLOURS, COLOUR_NAMES, DIRECTION_NAMES, SHAPES, MovingShapesConfig, generate_example
+from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
+from jax_i2v.data.video_pipeline import ClipConfig, make_clip, sample_frame_indices, swap_left_right, training_dataset
+
+SMALL = MovingShapesConfig(num_frames=12, resolution=24)
+
+
+def test_examples_are_deterministic_and_distinct():
+    a, b, c = generate_example(0, 5, SMALL), generate_example(0, 5, SMALL), generate_example(0, 6, SMALL)
+    np.testing.assert_array_equal(a["video"], b["video"])
+    assert a["caption"] == b["caption"]
+    assert not np.array_equal(a["video"], c["video"])
+
+
+@pytest.mark.parametrize("index", range(20))
+def test_ground_truth_agrees_with_the_pixels_and_the_caption(index):
+    e = generate_example(3, index, SMALL)
+    n = int(e["num_objects"])
+    assert 1 <= n <= 3 and (e["shapes"][n:] == -1).all()
+    for i in range(n):
+        phrase = f"{COLOUR_NAMES[e['colours'][i]]} {SHAPES[e['shapes'][i]]} moves {DIRECTION_NAMES[e['directions'][i]]}"
+        assert phrase in e["caption"]
+        for t in range(SMALL.num_frames):
+            mask = e["masks"][t, i].astype(bool)
+            if mask.any():  # visible pixels have the object's colour
+                np.testing.assert_array_equal(e["video"][t][mask], np.broadcast_to(COLOURS[COLOUR_NAMES[e["colours"][i]]], (mask.sum(), 3)))
+        x, y = e["positions"][:, i].T
+        assert (x >= 0).all() and (x <= SMALL.resolution - 1).all() and (y >= 0).all() and (y <= SMALL.resolution - 1).all()
+        # Initial motion follows the captioned direction.
+        dx, dy = x[1] - x[0], y[1] - y[0]
+        assert {"left": dx < 0, "right": dx > 0, "up": dy < 0, "down": dy > 0}[DIRECTION_NAMES[e["directions"][i]]]
+
+
+def test_frame_indices_follow_the_reference_rule():
+    rng = np.random.default_rng(0)
+    idx = sample_frame_indices(100, 16, 3, rng)
+    assert len(idx) == 16 and idx[-1] - idx[0] == 45 and (np.diff(idx) == 3).all()
+    short = sample_frame_indices(10, 16, 5, rng)  # clip_len = min(10, 76): the whole video
+    assert short[0] == 0 and short[-1] == 9
+
+
+def test_flip_mirrors_the_clip_and_swaps_directions():
+    example = {"video": generate_example(0, 1, SMALL)["video"], "caption": "a red circle moves left, a blue square moves right"}
+    config = ClipConfig(num_frames=4, resolution=24, stride_range=(2, 2))
+    for seed in range(10):
+        clip = make_clip(example, config, np.random.default_rng(seed))
+        frames = example["video"][clip["frame_indices"]]
+        expected = frames[:, :, ::-1] if clip["flipped"] else frames
+        np.testing.assert_allclose(clip["video"], expected / 127.5 - 1.0, atol=1e-6)
+        flipped_caption = "a red circle moves right, a blue square moves left"
+        assert clip["caption"] == (flipped_caption if clip["flipped"] else example["caption"])
+        assert clip["frame_stride"] == 2
+    assert swap_left_right("left, right, leftover") == "right, left, leftover"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("moving_shapes"))
+    settings = dict(num_frames=8, resolution=16, train_examples=24, test_examples=4)
+    build_moving_shapes(data_dir, **settings)
+    return data_dir, settings
+
+
+def test_tfds_build_and_load_round_trip(built):
+    data_dir, settings = built
+    source = load_moving_shapes(data_dir, "train", **settings)
+    assert len(source) == 24
+    expected = {generate_example(0, i, MovingShapesConfig(num_frames=8, resolution=16))["caption"] for i in range(24)}
+    assert {source[i]["caption"].decode() for i in range(24)} == expected
+    assert len(load_moving_shapes(data_dir, "test", **settings)) == 4
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_moving_shapes(data_dir + "/missing", **settings)
+    with pytest.raises(FileNotFoundError, match="not built"):
+        load_moving_shapes(data_dir, **{**settings, "seed": 7})
+
+
+def test_hosts_see_their_rows_of_the_same_global_batches_and_resume_exactly(built):
+    data_dir, settings = built
+    source = load_moving_shapes(data_dir, "train", **settings)
+    config = ClipConfig(num_frames=4, resolution=16)
+    single = iter(training_dataset(source, config, 4, seed=1))
+    hosts = [iter(training_dataset(source, config, 4, seed=1, shard_index=h, shard_count=2)) for h in range(2)]
+    for _ in range(8):  # 32 clips: more than one epoch
+        whole = next(single)
+        parts = [next(h) for h in hosts]
+        np.testing.assert_array_equal(np.concatenate([p["video"] for p in parts]), whole["video"])
+        assert sum((p["caption"] for p in parts), []) == whole["caption"]
+    state = hosts[0].get_state()
+    following = [next(hosts[0])["video"] for _ in range(2)]
+    resumed = iter(training_dataset(source, config, 4, seed=1, shard_index=0, shard_count=2))
+    resumed.set_state(state)
+    for want in following:
+        np.testing.assert_array_equal(next(resumed)["video"], want)

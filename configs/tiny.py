@@ -49,6 +49,9 @@ def get_config():
             dataset=dict(num_frames=32, resolution=32, max_objects=3, train_examples=2000, test_examples=64, seed=0),
         )
     )
+    # "trainable": a word tokenizer (no vocabulary file) + a small transformer trained with the UNet;
+    # "hashed": fixed word vectors. The CLIP tower takes this place in latent-space configs.
+    config.text_encoder = ml_collections.ConfigDict(dict(kind="trainable", vocab_size=4096, width=64, layers=2, heads=4))
     config.schedule = ml_collections.ConfigDict(
         dict(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
     )

@@ -27,6 +27,7 @@ from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_sha
 from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
+from jax_i2v.models.text_encoder import TextTransformer, WordTokenizer
 from jax_i2v.models.unet import build_unet, dummy_inputs
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
@@ -75,7 +76,31 @@ def config_section(config: ml_collections.ConfigDict, name: str, cls):
         raise ValueError(f"config.{name}: {error}") from None
 
 
-def _dataset(config: ml_collections.ConfigDict, encoder: HashedWordEncoder):
+TEXT_ENCODERS = ("hashed", "trainable")
+
+
+def _text_conditioning(config: ml_collections.ConfigDict, cross_attention_dim: int):
+    """(module or None, caption transform for the data pipeline, batch key, null caption array).
+
+    "hashed": fixed word vectors (no parameters) computed in the input pipeline;
+    "trainable": a WordTokenizer in the pipeline and a TextTransformer trained with the UNet.
+    """
+    text = config.get("text_encoder", ml_collections.ConfigDict({"kind": "hashed"}))
+    kind = text.get("kind", "hashed")
+    if kind not in TEXT_ENCODERS:
+        raise ValueError(f"config.text_encoder.kind must be one of {TEXT_ENCODERS}, got {kind!r}")
+    length = config.data.text_len
+    if kind == "hashed":
+        encoder = HashedWordEncoder(length, cross_attention_dim)
+        return None, encoder.encode, "text", encoder.encode([""])[0]
+    tokenizer = WordTokenizer(text.vocab_size, length)
+    module = TextTransformer(
+        text.vocab_size, length, width=text.width, layers=text.layers, heads=text.heads, output_dim=cross_attention_dim
+    )
+    return module, tokenizer, "tokens", tokenizer([""])[0]
+
+
+def _dataset(config: ml_collections.ConfigDict, caption_transform, caption_key: str):
     data = config.data
     settings = data.dataset.to_dict()
     if data.get("build_if_missing", False) and jax.process_index() == 0:
@@ -86,12 +111,13 @@ def _dataset(config: ml_collections.ConfigDict, encoder: HashedWordEncoder):
     clip = ClipConfig(num_frames=data.frames, resolution=data.resolution, stride_range=tuple(data.stride_range), random_flip=data.random_flip)
     return training_dataset(
         source, clip, config.train.batch_size, seed=config.train.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-        text_encoder=encoder.encode,
+        caption_transform=caption_transform,
+        caption_key=caption_key,
     )
 
 
-def _global_batch(local: dict, mesh) -> dict[str, jax.Array]:
-    arrays = {"latents": local["video"], "text": local["text"], "frame_stride": local["frame_stride"]}
+def _global_batch(local: dict, mesh, caption_key: str) -> dict[str, jax.Array]:
+    arrays = {"latents": local["video"], caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in arrays.items()}
 
 
@@ -107,17 +133,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     optimizer = make_optimizer(optim)
     step_config = StepConfig(grad_accum_steps=cfg_train.grad_accum_steps, ema_decay=cfg_train.ema_decay)
     model = build_unet(unet_config(config), dtype=DTYPES[config.dtype], remat_policy=cfg_train.remat_policy)
-    encoder = HashedWordEncoder(config.data.text_len, model.config.cross_attention_dim)
-    null_text = encoder.encode([""])[0]
+    text_module, caption_transform, caption_key, null_text = _text_conditioning(config, model.config.cross_attention_dim)
 
     def init_params(rng):
-        return model.init(rng, **dummy_inputs(model.config))["params"]
+        unet_rng, text_rng = jax.random.split(rng)
+        unet = model.init(unet_rng, **dummy_inputs(model.config))["params"]
+        if text_module is None:
+            return unet
+        return {"unet": unet, "text": text_module.init(text_rng, null_text[None])["params"]}
 
     init_rng, step_rng = jax.random.split(jax.random.key(cfg_train.seed))
     use_ema = step_config.ema_decay > 0
     abstract = abstract_train_state(init_params, optimizer, init_rng, use_ema)
     shardings = state_shardings(abstract, optimizer, mesh, rules)
-    dataset = _dataset(config, encoder)
+    dataset = _dataset(config, caption_transform, caption_key)
     data_iter = iter(dataset)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg_train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
@@ -126,7 +155,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     else:
         state = create_train_state(init_params, optimizer, init_rng, mesh, rules, use_ema)
 
-    loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective)
+    loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective, text_module)
     train_step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config)
     is_chief = jax.process_index() == 0
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_chief else None
@@ -151,7 +180,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     try:
         while step < cfg_train.steps:
-            batch = _global_batch(next(data_iter), mesh)
+            batch = _global_batch(next(data_iter), mesh, caption_key)
             state, metrics = train_step(state, batch, null_text, step_rng)
             step += 1
             window_steps += 1

@@ -35,13 +35,23 @@ class StepConfig:
             )
 
 
-def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: ObjectiveConfig) -> Callable:
-    """loss(params, batch, null_text, rng) -> scalar for the video UNet."""
+def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: ObjectiveConfig, text_module=None) -> Callable:
+    """loss(params, batch, null_text, rng) -> scalar for the video UNet.
+
+    Without `text_module`, params are the UNet's and batch["text"] / null_text are embeddings.
+    With it (a trainable caption encoder), params are {"unet": ..., "text": ...}, batch["tokens"]
+    holds (B, L) token ids and null_text the empty caption's (L,) ids; both encoders train jointly.
+    """
 
     def apply(params, sample, timesteps, text, first, stride):
         return model.apply({"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride)
 
     def loss(params, batch, null_text, rng):
+        if text_module is not None:
+            encode = lambda ids: text_module.apply({"params": params["text"]}, ids)  # noqa: E731
+            batch = {**{k: v for k, v in batch.items() if k != "tokens"}, "text": encode(batch["tokens"])}
+            null_text = encode(null_text[None])[0]
+            params = params["unet"]
         return diffusion_loss(apply, params, batch, null_text, rng, schedule, objective)[0]
 
     return loss

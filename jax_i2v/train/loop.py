@@ -132,7 +132,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     objective = config_section(config, "objective", ObjectiveConfig)
     optimizer = make_optimizer(optim)
     step_config = StepConfig(grad_accum_steps=cfg_train.grad_accum_steps, ema_decay=cfg_train.ema_decay)
-    model = build_unet(unet_config(config), dtype=DTYPES[config.dtype], remat_policy=cfg_train.remat_policy)
+    model = build_unet(
+        unet_config(config),
+        dtype=DTYPES[config.dtype],
+        param_dtype=DTYPES[config.get("param_dtype", "float32")],
+        remat_policy=cfg_train.remat_policy,
+    )
     text_module, caption_transform, caption_key, null_text = _text_conditioning(config, model.config.cross_attention_dim)
 
     def init_params(rng):

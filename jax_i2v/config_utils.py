@@ -5,9 +5,13 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 from jax_i2v.models.config import UNetConfig
+
+# Config / command-line dtype names.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -20,6 +24,12 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} defines no get_config()")
     return module.get_config()
+
+
+def dtype(name: str):
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:

@@ -7,7 +7,8 @@ per-device memory and FLOPs, so the released-size model can be fitted to a pod b
 Needs the TPU runtime package (`pip install -e ".[tpu]"`, which brings libtpu); nothing runs on a
 TPU. Prints one JSON line: memory per device in bytes (arguments, outputs, temporaries, total
 live = arguments + outputs + temporaries - aliased donations), FLOPs per step (from XLA's cost
-model) and the compile time.
+model) and the compile time. Batches carry precomputed caption embeddings (as with the frozen CLIP
+tower of the released model), so a trainable caption encoder is not part of the compiled step.
 """
 
 from __future__ import annotations
@@ -22,18 +23,16 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jax_i2v.config_utils import load_config, unet_config
+from jax_i2v.config_utils import dtype, load_config, unet_config
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
 from jax_i2v.parallel.mesh import MESH_AXES, batch_parallel_size, create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
+from jax_i2v.train.loop import config_section
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, state_shardings
 from jax_i2v.train.step import StepConfig, make_train_step, unet_loss_fn
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def _mesh_sizes(text: str) -> dict[str, int]:
     sizes = {}
@@ -63,9 +62,9 @@ def run(args) -> dict:
     topology = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
     devices = topology.devices
     mesh = create_mesh(args.mesh, devices=devices)
-    model = build_unet(unet_config(config), dtype=DTYPES[config.get("dtype", "bfloat16")], remat_policy=args.remat)
+    model = build_unet(unet_config(config), dtype=dtype(config.get("dtype", "bfloat16")), remat_policy=args.remat)
     cfg = model.config
-    optim = OptimizerConfig(**config.optim.to_dict()) if "optim" in config else OptimizerConfig()
+    optim = config_section(config, "optim", OptimizerConfig) if "optim" in config else OptimizerConfig()
     optimizer = make_optimizer(optim)
     rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
 

@@ -21,12 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_i2v.config_utils import DTYPES
 from jax_i2v.convert import read_unet_config
 from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.models.unet import build_unet, random_params
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,7 +22,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from jax_i2v.config_utils import unet_config
+from jax_i2v.config_utils import dtype, unet_config
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
@@ -38,7 +38,6 @@ from jax_i2v.train.state import abstract_train_state, create_train_state, state_
 from jax_i2v.train.step import StepConfig, check_batch_size, make_train_step, unet_loss_fn
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 
 
 class _Preemption:
@@ -134,8 +133,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     step_config = StepConfig(grad_accum_steps=cfg_train.grad_accum_steps, ema_decay=cfg_train.ema_decay)
     model = build_unet(
         unet_config(config),
-        dtype=DTYPES[config.dtype],
-        param_dtype=DTYPES[config.get("param_dtype", "float32")],
+        dtype=dtype(config.dtype),
+        param_dtype=dtype(config.get("param_dtype", "float32")),
         remat_policy=cfg_train.remat_policy,
     )
     text_module, caption_transform, caption_key, null_text = _text_conditioning(config, model.config.cross_attention_dim)

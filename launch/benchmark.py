@@ -19,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jax_i2v.config_utils import DTYPES
 from jax_i2v.convert import read_unet_config

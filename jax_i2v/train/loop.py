@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections

@@ -7,7 +7,7 @@ never exists unsharded anywhere.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.struct
 import jax

@@ -24,18 +24,15 @@ from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
 from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
 from jax_i2v.diffusion.guidance import guidance_mode
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
-from jax_i2v.models.unet import VideoUNet
+from jax_i2v.models.unet import VideoUNet, apply_unet
 from jax_i2v.models.vae import LatentCodec, PixelSpace
 from jax_i2v.text import TextEncoder
 
 
 @functools.partial(jax.jit, static_argnames=("unet", "scheduler", "guidance", "report_progress"))
 def _sample_chunk(unet, params, first_frame, static_video, text, null_text, frame_stride, rng, options, *, scheduler, guidance, report_progress):
-    def apply_fn(sample, timesteps, text, first, stride):
-        return unet.apply({"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride)
-
     return sample_chunk(
-        apply_fn,
+        functools.partial(apply_unet, unet, params),
         first_frame,
         static_video,
         text,

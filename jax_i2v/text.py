@@ -13,6 +13,11 @@ from typing import Protocol, Sequence
 import numpy as np
 
 
+def caption_words(prompt: str) -> list[str]:
+    """Lowercase alphanumeric words: the tokenisation of the encoders without a vocabulary file."""
+    return re.findall(r"[a-z0-9]+", prompt.lower())
+
+
 class TextEncoder(Protocol):
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """Prompts -> (B, L, D) float32 embeddings."""
@@ -35,10 +40,6 @@ class HashedWordEncoder:
         self.max_length, self.dim, self.seed = max_length, dim, seed
         self._cache: dict[str, np.ndarray] = {}
 
-    @staticmethod
-    def words(prompt: str) -> list[str]:
-        return re.findall(r"[a-z0-9]+", prompt.lower())
-
     def _vector(self, word: str) -> np.ndarray:
         if word not in self._cache:
             rng = np.random.default_rng([self.seed, zlib.crc32(word.encode("utf-8"))])
@@ -50,7 +51,7 @@ class HashedWordEncoder:
             raise TypeError("encode takes a sequence of prompts, not a single string")
         out = np.empty((len(prompts), self.max_length, self.dim), np.float32)
         for row, prompt in enumerate(prompts):
-            tokens = [self._START] + self.words(prompt)[: self.max_length - 1]
+            tokens = [self._START] + caption_words(prompt)[: self.max_length - 1]
             tokens += [self._PAD] * (self.max_length - len(tokens))
             out[row] = np.stack([self._vector(token) for token in tokens])
         return out

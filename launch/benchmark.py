@@ -12,6 +12,7 @@ output w.r.t. params).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from jax_i2v.config_utils import DTYPES
 from jax_i2v.convert import read_unet_config
 from jax_i2v.models.attention import IMPLEMENTATIONS
-from jax_i2v.models.unet import build_unet, random_params
+from jax_i2v.models.unet import apply_unet, build_unet, random_params
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,10 +74,7 @@ def run(args) -> dict:
     timesteps = jnp.full((args.batch,), 500, jnp.int32)
     stride = jnp.full((args.batch,), 3, jnp.int32)
 
-    def forward(params, sample, timesteps, text, first, stride):
-        return model.apply(
-            {"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride
-        )
+    forward = functools.partial(apply_unet, model)
 
     def loss(params, *inputs):
         return jnp.mean(jnp.square(forward(params, *inputs).astype(jnp.float32)))

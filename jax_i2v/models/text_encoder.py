@@ -9,7 +9,6 @@ can replace it behind the same `encode(prompts)` interface.
 from __future__ import annotations
 
 import dataclasses
-import re
 import zlib
 from typing import Any, Sequence
 
@@ -17,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jax_i2v.text import caption_words
 
 PAD_ID, START_ID = 0, 1
 
@@ -39,7 +40,7 @@ class WordTokenizer:
             raise TypeError("the tokenizer takes a sequence of prompts, not a single string")
         ids = np.full((len(prompts), self.max_length), PAD_ID, np.int32)
         for row, prompt in enumerate(prompts):
-            words = re.findall(r"[a-z0-9]+", prompt.lower())[: self.max_length - 1]
+            words = caption_words(prompt)[: self.max_length - 1]
             ids[row, 0] = START_ID
             ids[row, 1 : 1 + len(words)] = [self.word_id(w) for w in words]
         return ids

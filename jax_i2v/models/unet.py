@@ -295,6 +295,11 @@ def build_unet(config: UNetConfig, dtype: Dtype = jnp.float32, param_dtype: Dtyp
     return VideoUNet(config=config, dtype=dtype, param_dtype=param_dtype, **kwargs)
 
 
+def apply_unet(model: VideoUNet, params, sample, timesteps, text, first_frame, frame_stride):
+    """`model.apply` with positional conditioning: the signature the samplers and losses call."""
+    return model.apply({"params": params}, sample, timesteps, text, first_frame_latents=first_frame, frame_stride=frame_stride)
+
+
 def dummy_inputs(config: UNetConfig, batch: int = 1, frames: int = 2, height: Optional[int] = None, width=None):
     """Smallest well-formed inputs for `init`/`eval_shape`; `frames` counts the conditioning frame."""
     size = 2 ** (len(config.block_out_channels) - 1)

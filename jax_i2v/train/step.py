@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Mapping
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_i2v.diffusion.objective import ObjectiveConfig, diffusion_loss
 from jax_i2v.diffusion.schedules import NoiseSchedule
-from jax_i2v.models.unet import VideoUNet, clamp_mixers
+from jax_i2v.models.unet import VideoUNet, apply_unet, clamp_mixers
 from jax_i2v.parallel.mesh import batch_parallel_size
 from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
 from jax_i2v.train.state import TrainState
@@ -43,8 +44,7 @@ def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: Objective
     holds (B, L) token ids and null_text the empty caption's (L,) ids; both encoders train jointly.
     """
 
-    def apply(params, sample, timesteps, text, first, stride):
-        return model.apply({"params": params}, sample, timesteps, text, first_frame_latents=first, frame_stride=stride)
+    apply = functools.partial(apply_unet, model)
 
     def loss(params, batch, null_text, rng):
         if text_module is not None:

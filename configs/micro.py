@@ -18,6 +18,6 @@ def get_config():
     )
     config.data.update(frames=4, resolution=16, latent_size=16, text_len=6)
     config.data.dataset.update(num_frames=8, resolution=16, train_examples=64, test_examples=4)
-    config.train.update(batch_size=4, steps=20, log_every=1, checkpoint_every=5)
+    config.train.update(batch_size=4, steps=20, log_every=1, checkpoint_every=5, sample_every=0, sample_steps=3)
     config.optim.update(warmup_steps=0, schedule="constant", learning_rate=1e-3)
     return config

@@ -82,6 +82,10 @@ def get_config():
             remat_policy="none",
             grad_accum_steps=1,
             ema_decay=0.0,
+            # Sample videos from held-out first frames + captions into WORKDIR/samples/ (0: never).
+            sample_every=500,
+            sample_videos=2,
+            sample_steps=25,
         )
     )
     # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).

@@ -35,3 +35,16 @@ def dtype(name: str):
 def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
     """The `unet` section of an experiment config as a validated UNetConfig."""
     return UNetConfig(**config.unet.to_dict())
+
+
+def config_from_dict(values: dict) -> ml_collections.ConfigDict:
+    """A ConfigDict from a saved (JSON) experiment config; lists become tuples as written in configs/."""
+
+    def restore(value):
+        if isinstance(value, dict):
+            return {k: restore(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return tuple(restore(v) for v in value)
+        return value
+
+    return ml_collections.ConfigDict(restore(values))

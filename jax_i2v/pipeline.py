@@ -18,15 +18,18 @@ import numpy as np
 import tqdm
 
 from jax_i2v import media
+from jax_i2v.config_utils import config_from_dict, dtype, unet_config
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
 from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
 from jax_i2v.diffusion.guidance import guidance_mode
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
-from jax_i2v.models.unet import VideoUNet, apply_unet
+from jax_i2v.models.text_encoder import text_conditioning
+from jax_i2v.models.unet import VideoUNet, apply_unet, build_unet
 from jax_i2v.models.vae import LatentCodec, PixelSpace
 from jax_i2v.text import TextEncoder
+from jax_i2v.train.checkpoint import load_for_inference
 
 
 @functools.partial(jax.jit, static_argnames=("unet", "scheduler", "guidance", "report_progress"))
@@ -59,6 +62,24 @@ class I2VPipeline:
     text_encoder: Optional[TextEncoder] = None
     vae: LatentCodec = dataclasses.field(default_factory=PixelSpace)
     scheduler: DDIMConfig = dataclasses.field(default_factory=DDIMConfig)
+
+    @classmethod
+    def from_config(cls, config, params, **kwargs) -> "I2VPipeline":
+        """From an experiment config (configs/*.py) and params as trained with it: the UNet's, or
+        {"unet": ..., "text": ...} when the caption encoder is trained too."""
+        unet = build_unet(unet_config(config), dtype=dtype(config.get("dtype", "float32")))
+        text = text_conditioning(config.get("text_encoder"), config.data.text_len, unet.config.cross_attention_dim)
+        if text.module is None:
+            return cls(unet, params, text_encoder=text.encoder(), **kwargs)
+        return cls(unet, params["unet"], text_encoder=text.encoder(params["text"]), **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, use_ema: bool = True, **kwargs) -> tuple["I2VPipeline", Any]:
+        """(pipeline, experiment config) from a training workdir, one of its checkpoints, or a
+        params export (see `jax_i2v.train.checkpoint.load_for_inference`)."""
+        config, params = load_for_inference(path, use_ema)
+        config = config_from_dict(config)
+        return cls.from_config(config, params, **kwargs), config
 
     def __post_init__(self):
         channels = self.unet.config.in_channels

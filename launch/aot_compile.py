@@ -32,7 +32,7 @@ from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
 from jax_i2v.train.loop import config_section
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, state_shardings
-from jax_i2v.train.step import StepConfig, make_train_step, unet_loss_fn
+from jax_i2v.train.step import StepConfig, compiled_flops, make_train_step, unet_loss_fn
 
 def _mesh_sizes(text: str) -> dict[str, int]:
     sizes = {}
@@ -97,8 +97,6 @@ def run(args) -> dict:
     compiled = step.lower(abstract, batch_spec, null_text, rng).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     live = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes - memory.alias_size_in_bytes
     return {
         "topology": args.topology,
@@ -115,7 +113,7 @@ def run(args) -> dict:
         "temp_bytes": int(memory.temp_size_in_bytes),
         "alias_bytes": int(memory.alias_size_in_bytes),
         "total_bytes": int(live),
-        "flops_per_step": float(cost.get("flops", float("nan"))),
+        "flops_per_step": compiled_flops(compiled),
         "compile_s": round(compile_s, 2),
     }
 

@@ -3,9 +3,14 @@
   python launch/sample.py --config configs/tiny.py --random-params \
       --image first.png --prompt "a red circle moves left" --out samples/demo
 
-Params come from a diffusers-layout UNet folder (`--unet path/to/unet`, e.g. the reference
-checkpoint's) or, for smoke runs, are random (`--random-params`). Pixel-space configs need no VAE;
-captions go through the parameter-free hashed word encoder until the CLIP tower lands. A progress
+  python launch/sample.py --checkpoint runs/tiny --image first.png --prompt "a red circle moves left" --out samples/tiny
+
+Params come from a training run (`--checkpoint WORKDIR`, or one `WORKDIR/checkpoints/STEP`, or a
+`export_params` folder; the model and caption encoder are rebuilt from the config saved with it,
+EMA params preferred), from a diffusers-layout UNet folder (`--unet path/to/unet`, e.g. the
+reference checkpoint's), or, for smoke runs, are random (`--random-params`). Pixel-space configs
+need no VAE; without a trained caption encoder, captions go through the parameter-free hashed word
+encoder until the CLIP tower lands. A progress
 bar counts denoising steps; the files written are printed as JSON on the last line.
 """
 
@@ -31,8 +36,10 @@ def parse_args(argv=None):
     src = p.add_argument_group("model")
     src.add_argument("--config", help="ml_collections config (configs/*.py); gives the UNet and default sizes")
     weights = src.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", help="training workdir, one of its checkpoints/STEP folders, or a params export")
     weights.add_argument("--unet", help="diffusers-layout unet/ folder (config.json + safetensors)")
     weights.add_argument("--random-params", action="store_true", help="random weights (smoke tests only)")
+    src.add_argument("--no-ema", action="store_true", help="with --checkpoint: the raw params even if EMA params were kept")
     src.add_argument("--text-len", type=int, help="caption length in tokens (default: config data.text_len, else 77)")
 
     io = p.add_argument_group("input / output")
@@ -66,12 +73,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.random_params and not args.config:
         p.error("--random-params needs --config for the architecture")
+    if args.checkpoint and (args.config or args.text_len):
+        p.error("--checkpoint brings its own config; drop --config / --text-len")
     if args.camera_motion and args.frameinit == "none":
         p.error("--camera-motion works through FrameInit; choose a --frameinit filter")
     return args
 
 
 def build_pipeline(args) -> tuple[I2VPipeline, dict]:
+    if args.checkpoint:
+        pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+        return pipe, dict(config.data)
     config = load_config(args.config) if args.config else None
     defaults = dict(config.get("data", {})) if config is not None else {}
     if args.unet:

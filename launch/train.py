@@ -3,8 +3,9 @@
   python launch/train.py --config=configs/tiny.py --workdir=runs/tiny --config.train.steps=500
 
 Any config value can be overridden with --config.SECTION.KEY=VALUE. Writes WORKDIR/metrics.jsonl
-(one JSON object per logged step: step, loss, lr, grad_norm, steps_per_sec, examples_per_sec),
-TensorBoard events under WORKDIR/tensorboard and Orbax checkpoints under WORKDIR/checkpoints. A
+(one JSON object per logged step: step, loss, lr, grad_norm, steps_per_sec, examples_per_sec,
+tflops_per_sec), TensorBoard events under WORKDIR/tensorboard, Orbax checkpoints under
+WORKDIR/checkpoints and, every train.sample_every steps, sample videos under WORKDIR/samples. A
 SIGTERM saves and exits; running the same command again resumes. Multi-process runs (one process
 per host) call jax.distributed.initialize first (see launch/train_tpu_pod.sh).
 """
@@ -58,9 +59,21 @@ def _parse_flags(argv):
         raise SystemExit(f"error: {error}") from None
 
 
+class _QuietLibraries(logging.Filter):
+    """Drops the checkpoint and data libraries' INFO chatter (several lines per save) from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Using custom data configuration"):  # our dataset's own settings
+            return False
+        libraries = ("/orbax/", "/grain/", "/tensorflow_datasets/")
+        return record.levelno >= logging.WARNING or not any(name in record.pathname for name in libraries)
+
+
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_QuietLibraries())
     if _DISTRIBUTED.value:
         import jax
 

@@ -3,11 +3,13 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,6 +65,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     (["--config.optim.schedule=linear"], 1, "error: config.optim: optim.schedule must be one of"),
     (["--config.optim.lr=0.1"], 1, "error: --config.optim.lr: optim has no key 'lr'"),
     (["--config.train.batch_size=abc"], 1, "error: "),
+    (["--config.train.sample_every=-1"], 1, "error: config.train: steps and sample_every must be integers >= 0"),
     (["--config.data.build_if_missing=False"], 1, "error: dataset directory"),
     (["--config.train.batch_size=6"], 8, "error: global batch size 6 is not divisible by data x fsdp = 8"),
 ])
@@ -82,25 +85,89 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_agree_with_one(tmp_path):
-    """Two CPU processes (gloo collectives, one device each, mesh data=2) vs one process with one device."""
-    data_dir = tmp_path / "data"
-    steps = ["--config.train.steps=3"]
-    single = subprocess.run(_command(tmp_path / "single", data_dir, *steps), env=_env(), capture_output=True, text=True, timeout=900)
-    assert single.returncode == 0, single.stderr[-3000:]
+def _start_workers(workdir, data_dir, *overrides):
     port = _free_port()
-    workers = [
+    return [
         subprocess.Popen(
-            _command(tmp_path / "multi", data_dir, *steps, "--distributed", "--cpu_collectives",
+            _command(workdir, data_dir, *overrides, "--distributed", "--cpu_collectives",
                      f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         for i in range(2)
     ]
+
+
+def _finish(workers):
     for worker in workers:
         _, stderr = worker.communicate(timeout=900)
         assert worker.returncode == 0, stderr[-3000:]
-    got, want = _losses(tmp_path / "multi"), _losses(tmp_path / "single")
-    assert sorted(got) == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_with_one_and_stop_together_when_one_is_preempted(tmp_path):
+    """Two CPU processes (gloo collectives, one device each, mesh data=2) vs one process with one
+    device. A SIGTERM to process 1 alone stops both at the same step (JAX's preemption service);
+    restarting both resumes, and every step's loss matches the single-process run."""
+    data_dir = tmp_path / "data"
+    steps = ["--config.train.steps=6"]
+    single = subprocess.run(_command(tmp_path / "single", data_dir, *steps), env=_env(), capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+    workdir = tmp_path / "multi"
+    workers = _start_workers(workdir, data_dir, *steps)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.time() + 900
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        assert all(worker.poll() is None for worker in workers), workers[0].stderr.read()[-3000:]
+        time.sleep(0.2)
+    workers[1].send_signal(signal.SIGTERM)
+    _finish(workers)
+    stopped_at = max(_losses(workdir))
+    assert stopped_at < 6, "the run finished before the signal arrived"
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped_at]
+
+    _finish(_start_workers(workdir, data_dir, *steps))
+    got, want = _losses(workdir), _losses(tmp_path / "single")
+    assert sorted(got) == list(range(1, 7))
     for step in want:
         assert got[step] == pytest.approx(want[step], rel=1e-5)
+
+
+def _run(command, **kwargs):
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, **kwargs)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_previews_tflops_crash_resume_and_sampling_from_the_run(tmp_path):
+    import imageio.v3 as iio
+
+    workdir = tmp_path / "run"
+    command = _command(workdir, tmp_path / "data", "--config.train.steps=4", "--config.train.checkpoint_every=2",
+                       "--config.train.sample_every=2", "--config.train.sample_videos=2")
+    _run(command)
+    first = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in first] == [1, 2, 3, 4]
+    assert all(record["tflops_per_sec"] > 0 for record in first)
+    for step in (2, 4):
+        for i in range(2):
+            video = iio.imread(workdir / "samples" / f"step_{step:06d}_{i}.gif")
+            assert video.shape == (4, 16, 16, 3)
+    assert len(json.loads((workdir / "samples" / "captions.json").read_text())) == 2
+
+    # A crash after step 4 was logged but before it was saved: the rerun resumes from step 2 and
+    # metrics.jsonl ends up with each step once, the redone steps bit-equal to the first attempt.
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    resumed = _run(command)
+    assert "resumed from step 2" in resumed.stderr
+    assert [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [r["loss"] for r in first]
+
+    sample = [sys.executable, str(ROOT / "launch" / "sample.py"), "--image", str(ROOT / "assets" / "red_circle_blue_square.png"),
+              "--prompt", "a red circle moves left", "--steps", "2", "--formats", "gif", "--no-progress"]
+    _run(sample + ["--checkpoint", str(workdir), "--out", str(tmp_path / "from_run")])
+    export = json.loads(_run([sys.executable, str(ROOT / "launch" / "export_params.py"), "--checkpoint", str(workdir),
+                              "--out", str(tmp_path / "export")]).stdout.splitlines()[-1])
+    assert export["params"] > 0
+    _run(sample + ["--checkpoint", export["export"], "--out", str(tmp_path / "from_export")])
+    from_run, from_export = iio.imread(tmp_path / "from_run.gif"), iio.imread(tmp_path / "from_export.gif")
+    assert from_run.shape == (4, 16, 16, 3)
+    np.testing.assert_array_equal(from_run, from_export)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_i2v.text import caption_words
+from jax_i2v.text import HashedWordEncoder, caption_words
 
 PAD_ID, START_ID = 0, 1
 
@@ -87,3 +87,54 @@ class TrainedTextEncoder:
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         return np.asarray(_jitted_apply(self.module, self.params, jnp.asarray(self.tokenizer(prompts))), np.float32)
+
+
+TEXT_ENCODERS = ("hashed", "trainable")
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConditioning:
+    """How an experiment turns captions into the UNet's cross-attention context.
+
+    `module` is None for the parameter-free `fixed_encoder`; otherwise its params are trained with
+    the UNet (`params["text"]`). `caption_transform` runs in the input pipeline and fills `caption_key` of
+    the batch; `null_caption` is the transform of the empty caption (dropout and guidance).
+    """
+
+    module: Any
+    caption_transform: Any
+    caption_key: str
+    null_caption: np.ndarray
+    fixed_encoder: Any = None
+
+    def encoder(self, text_params: Any = None):
+        """The pipeline's `encode(prompts)` interface over the (trained) encoder."""
+        if self.module is None:
+            return self.fixed_encoder
+        if text_params is None:
+            raise ValueError("a trainable text encoder needs its params")
+        return TrainedTextEncoder(self.module, text_params, self.caption_transform)
+
+
+def text_conditioning(text_config, text_len: int, cross_attention_dim: int) -> TextConditioning:
+    """From an experiment's `text_encoder` section (a dict-like; kind "hashed" if empty).
+
+    "hashed": fixed word vectors (jax_i2v.text.HashedWordEncoder) computed in the input pipeline;
+    "trainable": a WordTokenizer in the pipeline and a TextTransformer trained with the UNet.
+    """
+    text_config = dict(text_config or {})
+    kind = text_config.pop("kind", "hashed")
+    if kind not in TEXT_ENCODERS:
+        raise ValueError(f"config.text_encoder.kind must be one of {TEXT_ENCODERS}, got {kind!r}")
+    if kind == "hashed":
+        if text_config:
+            raise ValueError(f"config.text_encoder: the hashed encoder takes no settings, got {sorted(text_config)}")
+        encoder = HashedWordEncoder(text_len, cross_attention_dim)
+        return TextConditioning(None, encoder.encode, "text", encoder.encode([""])[0], fixed_encoder=encoder)
+    known = {"vocab_size", "width", "layers", "heads"}
+    if set(text_config) - known:
+        raise ValueError(f"config.text_encoder: unknown keys {sorted(set(text_config) - known)}; known keys: {sorted(known | {'kind'})}")
+    tokenizer = WordTokenizer(text_config.get("vocab_size", 4096), text_len)
+    module = TextTransformer(tokenizer.vocab_size, text_len, output_dim=cross_attention_dim,
+                             **{k: v for k, v in text_config.items() if k != "vocab_size"})
+    return TextConditioning(module, tokenizer, "tokens", tokenizer([""])[0])

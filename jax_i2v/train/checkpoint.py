@@ -7,6 +7,7 @@ mesh than the one that saved. Each host saves its own Grain iterator state.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -57,14 +58,72 @@ class Checkpointer:
         self.manager.close()
 
 
-def export_params(directory: str, params: Any) -> str:
-    """A params-only checkpoint (for sampling, fine-tuning or conversion), written synchronously."""
+EXPORT_PARAMS, EXPORT_CONFIG = "params", "config.json"
+
+
+def export_params(directory: str, params: Any, config: Optional[dict] = None) -> str:
+    """A params-only export (for sampling, fine-tuning or conversion), written synchronously:
+    `DIR/params` (Orbax) and, given the experiment config, `DIR/config.json`."""
     path = os.path.abspath(directory)
+    os.makedirs(path, exist_ok=True)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, params, force=True)
+        checkpointer.save(os.path.join(path, EXPORT_PARAMS), params, force=True)
+    if config is not None and jax.process_index() == 0:
+        with open(os.path.join(path, EXPORT_CONFIG), "w") as f:
+            json.dump(config, f, indent=1)
     return path
 
 
 def load_params(directory: str, params_like: Any = None) -> Any:
+    """The params of an `export_params` folder, as `params_like` (shapes/shardings) if given."""
     with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.abspath(directory), params_like)
+        return checkpointer.restore(os.path.join(os.path.abspath(directory), EXPORT_PARAMS), params_like)
+
+
+def _on_one_device(metadata_tree: Any) -> Any:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata_tree)
+
+
+def load_for_inference(path: str, use_ema: bool = True) -> tuple[dict, Any]:
+    """(config dict, params) on one device from a training workdir (newest checkpoint), its
+    `checkpoints/` folder, one `checkpoints/STEP` folder, or an `export_params` folder.
+
+    Only the params are read (EMA params when the run kept them and `use_ema`), not the optimizer
+    state.
+    """
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, EXPORT_CONFIG)):
+        with open(os.path.join(path, EXPORT_CONFIG)) as f:
+            config = json.load(f)
+        metadata = ocp.StandardCheckpointer().metadata(os.path.join(path, EXPORT_PARAMS)).item_metadata.tree
+        return config, load_params(path, _on_one_device(metadata))
+    if os.path.isdir(os.path.join(path, EXPORT_PARAMS)):
+        raise FileNotFoundError(f"{path} holds exported params but no {EXPORT_CONFIG}; re-export with the config")
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
+    step = None
+    if os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "state")):
+        path, step = os.path.dirname(path), int(os.path.basename(path))
+    manager = ocp.CheckpointManager(
+        path,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()},
+    )
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint or exported params in {path}")
+    state_tree = manager.item_metadata(step)["state"].tree
+    key = "ema_params" if use_ema and state_tree.get("ema_params") is not None else "params"
+    target = {key: _on_one_device(state_tree[key])}
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+            ),
+            config=ocp.args.JsonRestore(),
+        ),
+    )
+    manager.close()
+    return restored["config"], restored["state"][key]

@@ -18,7 +18,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -27,37 +26,44 @@ from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_sha
 from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
-from jax_i2v.models.text_encoder import TextTransformer, WordTokenizer
-from jax_i2v.models.unet import build_unet, dummy_inputs
+from jax_i2v.models.text_encoder import TextConditioning, text_conditioning
+from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
-from jax_i2v.text import HashedWordEncoder
 from jax_i2v.train.checkpoint import Checkpointer
+from jax_i2v.train.previews import PreviewWriter
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, create_train_state, state_shardings
-from jax_i2v.train.step import StepConfig, check_batch_size, make_train_step, unet_loss_fn
+from jax_i2v.train.step import StepConfig, check_batch_size, compiled_flops, make_train_step, unet_loss_fn
 
 log = logging.getLogger(__name__)
 
 
 class _Preemption:
-    """Turns SIGTERM into a flag the loop polls between steps (agreed across hosts)."""
+    """Turns a preemption notice into a stop the loop checks after every step.
+
+    One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service (set
+    up by `jax.distributed.initialize`) catches the SIGTERM on any host and agrees on one step at
+    which every host stops, without a collective per step.
+    """
 
     def __init__(self):
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._multi_process = jax.process_count() > 1
+        self._previous = None if self._multi_process else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         del signum, frame
         self.requested = True
 
-    def should_stop(self) -> bool:
-        if jax.process_count() == 1:
-            return self.requested
-        return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+    def should_stop(self, step: int) -> bool:
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def config_section(config: ml_collections.ConfigDict, name: str, cls):
@@ -75,44 +81,66 @@ def config_section(config: ml_collections.ConfigDict, name: str, cls):
         raise ValueError(f"config.{name}: {error}") from None
 
 
-TEXT_ENCODERS = ("hashed", "trainable")
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The `train` section of an experiment config."""
+
+    batch_size: int = 8  # global, over all hosts
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    remat_policy: str = "none"
+    grad_accum_steps: int = 1
+    ema_decay: float = 0.0
+    sample_every: int = 0  # 0: no sample videos during training
+    sample_videos: int = 2
+    sample_steps: int = 25
+
+    def __post_init__(self):
+        positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.steps, int) or self.steps < 0 or not isinstance(self.sample_every, int) or self.sample_every < 0:
+            raise ValueError(f"steps and sample_every must be integers >= 0, got {self.steps!r}, {self.sample_every!r}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
 
-def _text_conditioning(config: ml_collections.ConfigDict, cross_attention_dim: int):
-    """(module or None, caption transform for the data pipeline, batch key, null caption array).
-
-    "hashed": fixed word vectors (no parameters) computed in the input pipeline;
-    "trainable": a WordTokenizer in the pipeline and a TextTransformer trained with the UNet.
-    """
-    text = config.get("text_encoder", ml_collections.ConfigDict({"kind": "hashed"}))
-    kind = text.get("kind", "hashed")
-    if kind not in TEXT_ENCODERS:
-        raise ValueError(f"config.text_encoder.kind must be one of {TEXT_ENCODERS}, got {kind!r}")
-    length = config.data.text_len
-    if kind == "hashed":
-        encoder = HashedWordEncoder(length, cross_attention_dim)
-        return None, encoder.encode, "text", encoder.encode([""])[0]
-    tokenizer = WordTokenizer(text.vocab_size, length)
-    module = TextTransformer(
-        text.vocab_size, length, width=text.width, layers=text.layers, heads=text.heads, output_dim=cross_attention_dim
-    )
-    return module, tokenizer, "tokens", tokenizer([""])[0]
-
-
-def _dataset(config: ml_collections.ConfigDict, caption_transform, caption_key: str):
+def _data_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """(train, test) random-access sources; process 0 builds the dataset first if so configured."""
     data = config.data
     settings = data.dataset.to_dict()
     if data.get("build_if_missing", False) and jax.process_index() == 0:
         build_moving_shapes(data.dir, **settings)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("dataset built")
-    source = load_moving_shapes(data.dir, "train", **settings)
+    return load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings)
+
+
+def _dataset(config: ml_collections.ConfigDict, source, loop: LoopConfig, text: TextConditioning):
+    data = config.data
     clip = ClipConfig(num_frames=data.frames, resolution=data.resolution, stride_range=tuple(data.stride_range), random_flip=data.random_flip)
     return training_dataset(
-        source, clip, config.train.batch_size, seed=config.train.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-        caption_transform=caption_transform,
-        caption_key=caption_key,
+        source, clip, loop.batch_size, seed=loop.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+        caption_transform=text.caption_transform,
+        caption_key=text.caption_key,
     )
+
+
+def _metrics_log(path: str, last_step: int):
+    """`metrics.jsonl` opened for appending, with records past `last_step` (logged after the
+    checkpoint a crashed run restarts from) dropped so each step appears once."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+    return open(path, "a")
+
 
 
 def _global_batch(local: dict, mesh, caption_key: str) -> dict[str, jax.Array]:
@@ -123,46 +151,50 @@ def _global_batch(local: dict, mesh, caption_key: str) -> dict[str, jax.Array]:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until `config.train.steps` or a SIGTERM; returns the last logged metrics."""
     os.makedirs(workdir, exist_ok=True)
-    cfg_train = config.train
+    loop = config_section(config, "train", LoopConfig)
     mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
-    check_batch_size(cfg_train.batch_size, mesh, cfg_train.grad_accum_steps)
+    check_batch_size(loop.batch_size, mesh, loop.grad_accum_steps)
     rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
     optim = config_section(config, "optim", OptimizerConfig)
     objective = config_section(config, "objective", ObjectiveConfig)
     optimizer = make_optimizer(optim)
-    step_config = StepConfig(grad_accum_steps=cfg_train.grad_accum_steps, ema_decay=cfg_train.ema_decay)
+    step_config = StepConfig(grad_accum_steps=loop.grad_accum_steps, ema_decay=loop.ema_decay)
     model = build_unet(
         unet_config(config),
         dtype=dtype(config.dtype),
         param_dtype=dtype(config.get("param_dtype", "float32")),
-        remat_policy=cfg_train.remat_policy,
+        remat_policy=loop.remat_policy,
     )
-    text_module, caption_transform, caption_key, null_text = _text_conditioning(config, model.config.cross_attention_dim)
+    text = text_conditioning(config.get("text_encoder"), config.data.text_len, model.config.cross_attention_dim)
 
     def init_params(rng):
         unet_rng, text_rng = jax.random.split(rng)
         unet = model.init(unet_rng, **dummy_inputs(model.config))["params"]
-        if text_module is None:
+        if text.module is None:
             return unet
-        return {"unet": unet, "text": text_module.init(text_rng, null_text[None])["params"]}
+        return {"unet": unet, "text": text.module.init(text_rng, text.null_caption[None])["params"]}
 
-    init_rng, step_rng = jax.random.split(jax.random.key(cfg_train.seed))
+    init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
     use_ema = step_config.ema_decay > 0
     abstract = abstract_train_state(init_params, optimizer, init_rng, use_ema)
     shardings = state_shardings(abstract, optimizer, mesh, rules)
-    dataset = _dataset(config, caption_transform, caption_key)
-    data_iter = iter(dataset)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg_train.keep_checkpoints)
+    train_source, test_source = _data_sources(config)
+    data_iter = iter(_dataset(config, train_source, loop, text))
+    previews = None
+    if loop.sample_every:
+        previews = PreviewWriter(config, test_source, workdir, loop.sample_videos, loop.sample_steps, loop.seed)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, shardings, data_iter)
         log.info("resumed from step %d", int(state.step))
     else:
         state = create_train_state(init_params, optimizer, init_rng, mesh, rules, use_ema)
 
-    loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective, text_module)
+    loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective, text.module)
     train_step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config)
+    step = int(state.step)
     is_chief = jax.process_index() == 0
-    metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if is_chief else None
+    metrics_file = _metrics_log(os.path.join(workdir, "metrics.jsonl"), step) if is_chief else None
     writer = None
     if is_chief and config.get("tensorboard", True):
         from tensorboardX import SummaryWriter
@@ -170,9 +202,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     preemption = _Preemption()
-    step = int(state.step)
     last: dict[str, Any] = {}
-    bar = tqdm.tqdm(total=cfg_train.steps, initial=step, desc="training", unit="step", disable=not is_chief)
+    bar = tqdm.tqdm(total=loop.steps, initial=step, desc="training", unit="step", disable=not is_chief)
+    compiled, flops_per_step = None, float("nan")
     window_start, window_steps = time.perf_counter(), 0
     saved_step = step
 
@@ -183,30 +215,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             saved_step = step
 
     try:
-        while step < cfg_train.steps:
-            batch = _global_batch(next(data_iter), mesh, caption_key)
-            state, metrics = train_step(state, batch, null_text, step_rng)
+        while step < loop.steps:
+            batch = _global_batch(next(data_iter), mesh, text.caption_key)
+            if compiled is None:
+                # Compiled explicitly (once) so XLA's FLOP count of the step is at hand for TFLOP/s.
+                compiled = train_step.lower(state, batch, text.null_caption, step_rng).compile()
+                # XLA counts a loop body once: scale by the micro-batches of gradient accumulation.
+                flops_per_step = compiled_flops(compiled) * mesh.size * loop.grad_accum_steps
+                window_start = time.perf_counter()
+            state, metrics = compiled(state, batch, text.null_caption, step_rng)
             step += 1
             window_steps += 1
             bar.update(1)
-            if step % cfg_train.log_every == 0 or step == cfg_train.steps:
+            if step % loop.log_every == 0 or step == loop.steps:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["steps_per_sec"] = window_steps / elapsed
-                metrics["examples_per_sec"] = metrics["steps_per_sec"] * cfg_train.batch_size
+                metrics["examples_per_sec"] = metrics["steps_per_sec"] * loop.batch_size
+                metrics["tflops_per_sec"] = metrics["steps_per_sec"] * flops_per_step / 1e12
                 last = {"step": step, **metrics}
                 window_start, window_steps = time.perf_counter(), 0
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", tflops=f"{metrics['tflops_per_sec']:.3g}")
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(last) + "\n")
                     metrics_file.flush()
                 if writer is not None:
                     for key, value in metrics.items():
                         writer.add_scalar(key, value, step)
-            if step % cfg_train.checkpoint_every == 0 or step == cfg_train.steps:
+            if step % loop.checkpoint_every == 0 or step == loop.steps:
                 save()
-            if preemption.should_stop():
-                log.warning("SIGTERM: saving step %d and stopping", step)
+            if previews is not None and (step % loop.sample_every == 0 or step == loop.steps):
+                paths = previews.write(step, state.ema_params if use_ema else state.params)
+                if paths:
+                    log.info("step %d: sample videos %s", step, ", ".join(paths))
+                window_start, window_steps = time.perf_counter(), 0
+            if preemption.should_stop(step):
+                log.warning("preempted: saving step %d and stopping", step)
                 save()
                 break
     finally:

@@ -66,6 +66,13 @@ def check_batch_size(batch_size: int, mesh: Mesh, grad_accum_steps: int = 1) -> 
         )
 
 
+def compiled_flops(compiled) -> float:
+    """FLOPs of one call of a compiled step per device, from XLA's cost model (nan if none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", float("nan")))
+
+
 def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int):
     """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch)."""
     grad_fn = jax.value_and_grad(loss_fn)

@@ -1,0 +1,60 @@
+"""Sample videos written to `WORKDIR/samples/` during training, so a run can be watched.
+
+The first frames and captions are the first held-out (test split) examples; the sampling seed is
+the same at every preview, so successive previews differ only by the training in between. Every
+process gathers the (EMA if kept) params and samples locally; process 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jax_i2v.pipeline import I2VPipeline, save_videos
+
+
+class PreviewWriter:
+    def __init__(self, config: ml_collections.ConfigDict, test_source, workdir: str, count: int, num_steps: int, seed: int):
+        if count > len(test_source):
+            raise ValueError(f"config.train.sample_videos={count} exceeds the {len(test_source)} held-out examples")
+        examples = [test_source[i] for i in range(count)]
+        self.first_frames = [example["video"][0] for example in examples]
+        self.captions = [example["caption"].decode() if isinstance(example["caption"], bytes) else str(example["caption"]) for example in examples]
+        self.config = config
+        self.num_steps, self.seed = num_steps, seed
+        self.directory = os.path.join(workdir, "samples")
+        lo, hi = config.data.stride_range
+        self.frame_stride = (lo + hi) / 2
+        if jax.process_index() == 0:
+            os.makedirs(self.directory, exist_ok=True)
+            with open(os.path.join(self.directory, "captions.json"), "w") as f:
+                json.dump(self.captions, f, indent=1)
+
+    def write(self, step: int, params: Any) -> list[str]:
+        """Samples one video per held-out example with `params` (the train state's, possibly
+        sharded over hosts); returns the files written (on process 0; [] elsewhere)."""
+        local = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+        pipe = I2VPipeline.from_config(self.config, local)
+        data = self.config.data
+        paths = []
+        for i, (image, caption) in enumerate(zip(self.first_frames, self.captions)):
+            frames = pipe(
+                image,
+                caption,
+                num_frames=data.frames,
+                height=data.resolution,
+                width=data.resolution,
+                num_steps=self.num_steps,
+                frame_stride=self.frame_stride,
+                seed=self.seed,
+                show_progress=False,
+            )
+            if jax.process_index() == 0:
+                paths += save_videos(frames, os.path.join(self.directory, f"step_{step:06d}_{i}"), formats=("gif",))
+        return paths

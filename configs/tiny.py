@@ -88,6 +88,8 @@ def get_config():
             sample_steps=25,
         )
     )
+    # Sampling defaults of launch/evaluate.py (and the ablations' switch for FrameInit).
+    config.sampling = ml_collections.ConfigDict(dict(steps=25, text_guidance=7.5, frameinit="gaussian"))
     # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).
     config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=-1, fsdp=1, tensor=1), dcn=dict()))
     # Overrides of jax_i2v.parallel.partitioning.DEFAULT_RULES, e.g. {"embed": None} (no FSDP).

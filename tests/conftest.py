@@ -2,11 +2,16 @@
 
 import os
 import pathlib
+import tempfile
 
 # Eight host devices for the sharding tests; must be set before JAX initialises its backend.
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
+# One on-disk compilation cache for the session's processes (pytest workers and the training /
+# sampling subprocesses they start): the same micro-model step is compiled once, not per process.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jax_i2v_test_compile_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax
 import numpy as np

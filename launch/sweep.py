@@ -1,0 +1,129 @@
+"""Expands configs x a grid of overrides into runs, trains and benchmarks each, and tabulates them.
+
+  python launch/sweep.py --workdir runs/ablations \
+      --configs configs/tiny.py configs/ablations/*.py --grid train.seed=0,1 --num-videos 64 --seed 1
+
+Each run (one config file with one combination of the --grid values) is `launch/train.py` into
+WORKDIR/NAME followed by `launch/evaluate.py`, whose JSON goes to WORKDIR/NAME/benchmark.json.
+Runs go one after another here; `--print-commands` prints them instead (one line per run, for a
+cluster scheduler). Finished runs (benchmark.json present) are skipped, so an interrupted sweep
+picks up where it stopped. The table of the model's metrics (and the ground-truth and static
+references) is written to WORKDIR/results.md and WORKDIR/results.csv and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Sequence
+
+from jax_i2v.eval.consistency import METRICS
+
+LAUNCH = os.path.dirname(os.path.abspath(__file__))
+COLUMNS = METRICS + ("fvd_proxy",)
+
+
+def parse_grid(items: Sequence[str]) -> list[tuple[str, list[str]]]:
+    grid = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"error: --grid takes KEY=V1,V2,... (a config key such as train.seed), got {item!r}")
+        grid.append((key, values.split(",")))
+    return grid
+
+
+def expand(configs: Sequence[str], grid: list[tuple[str, list[str]]]) -> list[tuple[str, str, dict[str, str]]]:
+    """(name, config file, overrides) for every config x grid combination."""
+    runs = []
+    keys = [key for key, _ in grid]
+    for config in configs:
+        stem = os.path.splitext(os.path.basename(config))[0]
+        for values in itertools.product(*[values for _, values in grid]):
+            overrides = dict(zip(keys, values))
+            name = "_".join([stem] + [f"{k.split('.')[-1]}{v}" for k, v in overrides.items()])
+            runs.append((name, config, overrides))
+    names = [name for name, _, _ in runs]
+    if len(set(names)) != len(names):
+        raise SystemExit("error: two runs would share a directory name; give the config files distinct names")
+    return runs
+
+
+def commands(run, workdir: str, args, passthrough: Sequence[str]) -> list[list[str]]:
+    name, config, overrides = run
+    run_dir = os.path.join(workdir, name)
+    train = [sys.executable, os.path.join(LAUNCH, "train.py"), f"--config={config}", f"--workdir={run_dir}"]
+    train += [f"--config.{k}={v}" for k, v in overrides.items()] + list(passthrough)
+    evaluate = [sys.executable, os.path.join(LAUNCH, "evaluate.py"), "--checkpoint", run_dir, "--bench", "synthetic",
+                "--num-videos", str(args.num_videos), "--seed", str(args.seed), "--out", os.path.join(run_dir, "benchmark.json")]
+    return [train, evaluate]
+
+
+def table(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "model"] + list(COLUMNS)
+    lines = []
+    for name, result in rows:
+        for model in ("model", "ground_truth", "static"):
+            if model != "model" and lines and any(line[1] == model for line in lines):
+                continue  # the references are the same for every run: listed once
+            scores = result[model]
+            lines.append([name if model == "model" else "-", model] + [f"{scores[c]:.4g}" for c in COLUMNS])
+    return header, lines
+
+
+def write_tables(workdir: str, header: list[str], lines: list[list[str]]) -> str:
+    markdown = "\n".join(
+        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(line) + " |" for line in lines]
+    )
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(markdown + "\n")
+    with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+        csv.writer(f).writerows([header] + lines)
+    return markdown
+
+
+def main(argv=None) -> list[tuple[str, dict]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--configs", nargs="+", required=True, help="config files, one set of runs each")
+    p.add_argument("--grid", nargs="*", default=[], help="KEY=V1,V2,...: one run per combination")
+    p.add_argument("--num-videos", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1, help="benchmark seed (held-out videos and sampling noise)")
+    p.add_argument("--print-commands", action="store_true", help="print each run's commands instead of running them")
+    args, passthrough = p.parse_known_args(argv)
+    bad = [a for a in passthrough if not a.startswith("--config.")]
+    if bad:
+        p.error(f"unrecognised arguments {bad} (only --config.KEY=VALUE overrides pass through to every run)")
+    missing = [c for c in args.configs if not os.path.isfile(c)]
+    if missing:
+        p.error(f"config files not found: {missing}")
+    runs = expand(args.configs, parse_grid(args.grid))
+    if args.print_commands:
+        for run in runs:
+            print(" && ".join(shlex.join(command) for command in commands(run, args.workdir, args, passthrough)))
+        return []
+
+    os.makedirs(args.workdir, exist_ok=True)
+    rows = []
+    for index, run in enumerate(runs):
+        result_path = os.path.join(args.workdir, run[0], "benchmark.json")
+        if not os.path.isfile(result_path):
+            print(f"[{index + 1}/{len(runs)}] {run[0]}", file=sys.stderr, flush=True)
+            for command in commands(run, args.workdir, args, passthrough):
+                completed = subprocess.run(command)
+                if completed.returncode != 0:
+                    raise SystemExit(f"error: run {run[0]} failed ({shlex.join(command)} exited with {completed.returncode})")
+        with open(result_path) as f:
+            rows.append((run[0], json.load(f)))
+    print(write_tables(args.workdir, *table(rows)))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

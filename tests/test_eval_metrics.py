@@ -1,0 +1,58 @@
+"""The consistency metrics on ground-truth, static and perturbed moving-shapes clips."""
+
+import numpy as np
+import pytest
+
+from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
+from jax_i2v.eval.consistency import average, video_metrics
+from jax_i2v.eval.video_features import frechet_distance
+
+FRAMES = 8
+CONFIG = MovingShapesConfig(num_frames=32, resolution=32)
+
+
+def _clips(count=100, seed=1_000_003):
+    for index in range(count):
+        example = generate_example(seed, index, CONFIG)
+        n = int(example["num_objects"])
+        yield example["video"][:FRAMES], example["masks"][:FRAMES, :n], example["directions"][:n]
+
+
+def _score(transform, count=100):
+    return average([video_metrics(transform(video), video[0], masks, directions) for video, masks, directions in _clips(count)])
+
+
+def test_ground_truth_scores_perfectly():
+    scores = _score(lambda video: video)
+    assert scores["appearance_drift"] == 0.0
+    assert scores["motion_error"] == 0.0
+    assert scores["background_psnr"] == 100.0
+    assert scores["direction_accuracy"] == 1.0
+
+
+def test_a_static_clip_has_no_motion():
+    scores = _score(lambda video: np.repeat(video[:1], len(video), axis=0))
+    assert scores["direction_accuracy"] == 0.0
+    assert scores["smoothness"] == 0.0
+    assert scores["appearance_drift"] == 0.0
+    assert scores["motion_error"] > 0.05  # the objects really moved away from where they started
+
+
+def test_reversed_motion_is_wrong_and_colour_shifts_are_drift():
+    reversed_scores = _score(lambda video: np.concatenate([video[:1], video[1:][::-1]]), count=30)
+    assert reversed_scores["motion_error"] > 0
+    shifted = _score(lambda video: np.concatenate([video[:1], np.clip(video[1:].astype(int) + 20, 0, 255).astype(np.uint8)]), count=30)
+    assert shifted["appearance_drift"] == pytest.approx(np.sqrt(3) * 20 / 255, abs=0.02)  # some channels clip at 255
+    assert shifted["background_psnr"] == pytest.approx(10 * np.log10(255**2 / 400), abs=0.5)
+    assert shifted["motion_error"] == 0.0
+
+
+def test_frechet_distance():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = np.array([1.0, 2.0, 0.0])
+    assert frechet_distance(a, a + shift) == pytest.approx(5.0, rel=1e-6)
+    assert frechet_distance(a, 2 * a) == pytest.approx(3.0, rel=0.05)  # tr(1 + 4 - 2 * 2) per dim
+    with pytest.raises(ValueError):
+        frechet_distance(a[:1], a)

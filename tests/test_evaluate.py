@@ -1,0 +1,40 @@
+"""`launch/evaluate.py` on a model trained for a few steps: the references bound the metrics."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_train_then_evaluate(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    workdir = tmp_path / "run"
+    train = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "train.py"), f"--config={ROOT / 'configs' / 'micro.py'}", f"--workdir={workdir}",
+         f"--config.data.dir={tmp_path / 'data'}", "--config.train.steps=3", "--config.tensorboard=False"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    evaluate = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(workdir), "--bench", "synthetic",
+         "--num-videos", "4", "--seed", "3", "--steps", "2", "--out", str(tmp_path / "scores.json")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    result = json.loads(evaluate.stdout.splitlines()[-1])
+    assert set(result) == {"model", "ground_truth", "static", "settings"}
+    truth, static, model = result["ground_truth"], result["static"], result["model"]
+    assert truth["motion_error"] == 0.0 and truth["appearance_drift"] == 0.0 and truth["background_psnr"] == 100.0
+    assert truth["direction_accuracy"] == 1.0
+    assert truth["fvd_proxy"] < 1e-6 < static["fvd_proxy"]
+    assert static["direction_accuracy"] == 0.0 and static["smoothness"] == 0.0 and static["motion_error"] > 0.0
+    for key in ("appearance_drift", "background_psnr", "motion_error", "direction_accuracy", "smoothness", "fvd_proxy"):
+        assert isinstance(model[key], float)
+    per_video = json.loads((tmp_path / "scores.json").read_text())["per_video"]
+    assert len(per_video) == 4 and all({"caption", "model", "ground_truth", "static"} <= set(v) for v in per_video)

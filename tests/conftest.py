@@ -118,3 +118,22 @@ def reference_apply(reference_unet):
         )
 
     return apply
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """A workdir with configs/micro.py trained for 3 steps (one device) through launch/train.py."""
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("micro_run")
+    workdir = tmp / "run"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    result = subprocess.run(
+        [sys.executable, str(root / "launch" / "train.py"), f"--config={root / 'configs' / 'micro.py'}", f"--workdir={workdir}",
+         f"--config.data.dir={tmp / 'data'}", "--config.train.steps=3", "--config.tensorboard=False"],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

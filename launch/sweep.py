@@ -66,14 +66,16 @@ def commands(run, workdir: str, args, passthrough: Sequence[str]) -> list[list[s
 
 
 def table(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
+    """One line per run (the model's scores), then the ground-truth and static references, which
+    are the same for every run of one benchmark seed."""
     header = ["run", "model"] + list(COLUMNS)
-    lines = []
-    for name, result in rows:
-        for model in ("model", "ground_truth", "static"):
-            if model != "model" and lines and any(line[1] == model for line in lines):
-                continue  # the references are the same for every run: listed once
-            scores = result[model]
-            lines.append([name if model == "model" else "-", model] + [f"{scores[c]:.4g}" for c in COLUMNS])
+
+    def line(name, model, scores):
+        return [name, model] + [f"{scores[c]:.4g}" for c in COLUMNS]
+
+    lines = [line(name, "model", result["model"]) for name, result in rows]
+    if rows:
+        lines += [line("-", reference, rows[0][1][reference]) for reference in ("ground_truth", "static")]
     return header, lines
 
 

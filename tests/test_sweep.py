@@ -61,7 +61,7 @@ def test_finished_runs_are_collected_into_markdown_and_csv(tmp_path, capsys):
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[:2] == ["run", "model"]
     assert [line.split(",")[:3] for line in csv_lines[1:]] == [
-        ["tiny_seed0", "model", "0.1"], ["-", "ground_truth", "0"], ["-", "static", "1"], ["tiny_seed1", "model", "0.3"]
+        ["tiny_seed0", "model", "0.1"], ["tiny_seed1", "model", "0.3"], ["-", "ground_truth", "0"], ["-", "static", "1"]
     ]
     assert (tmp_path / "results.md").read_text() in capsys.readouterr().out
 

@@ -8,6 +8,10 @@ import tempfile
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
 ).strip()
+# CPU only, also in the training subprocesses: with libtpu installed (the `tpu` extra) JAX would
+# otherwise probe for a TPU in every process and take libtpu's single-process lock, which the
+# ahead-of-time TPU compile test needs (it loads the TPU compiler explicitly).
+os.environ["JAX_PLATFORMS"] = "cpu"
 # One on-disk compilation cache for the session's processes (pytest workers and the training /
 # sampling subprocesses they start): the same micro-model step is compiled once, not per process.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jax_i2v_test_compile_cache"))

@@ -227,6 +227,13 @@ class I2VPipeline:
         """Frames (num_videos, T, H, W, 3) float32 in [0, 1]; see `sample_latents` for the options."""
         return self.decode(self.sample_latents(image, prompt, negative_prompt, **kwargs))
 
+    def sample_each(self, images: Sequence[media.ImageLike], prompts: Sequence[str], *, seed: int = 0, **kwargs) -> np.ndarray:
+        """One video per (image, prompt) pair, with seeds seed, seed + 1, ...: (N, T, H, W, 3) in [0, 1]."""
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+        videos = [self(image, prompt, seed=seed + i, **kwargs) for i, (image, prompt) in enumerate(zip(images, prompts))]
+        return np.concatenate(videos)
+
 
 def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:
     """Writes each video of a (B, T, H, W, 3) batch as `{prefix}_{i}.{fmt}` (or `{prefix}.{fmt}` for B = 1)."""

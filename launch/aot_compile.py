@@ -58,6 +58,9 @@ def parse_args(argv=None):
 def run(args) -> dict:
     from jax.experimental import topologies
 
+    # An executable compiled for a topology has no client to be loaded back into: keep it out of
+    # the persistent compilation cache.
+    jax.config.update("jax_enable_compilation_cache", False)
     config = load_config(args.config)
     topology = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
     devices = topology.devices

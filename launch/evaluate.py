@@ -62,23 +62,20 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
     frameinit = None if settings["frameinit"] == "none" else FrameInitConfig(settings["frameinit"])
 
     def generate(first_frames: np.ndarray, captions: list[str], seed: int) -> np.ndarray:
-        videos = []
-        for i, (image, caption) in enumerate(zip(first_frames, captions)):
-            frames = pipe(
-                image,
-                caption,
-                num_frames=num_frames,
-                height=size,
-                width=size,
-                num_steps=settings["steps"],
-                text_guidance=settings["text_guidance"],
-                frame_stride=1,
-                frameinit=frameinit,
-                seed=seed + i,
-                show_progress=False,
-            )
-            videos.append(np.round(frames[0] * 255).astype(np.uint8))
-        return np.stack(videos)
+        videos = pipe.sample_each(
+            first_frames,
+            captions,
+            seed=seed,
+            num_frames=num_frames,
+            height=size,
+            width=size,
+            num_steps=settings["steps"],
+            text_guidance=settings["text_guidance"],
+            frame_stride=1,
+            frameinit=frameinit,
+            show_progress=False,
+        )
+        return np.round(videos * 255).astype(np.uint8)
 
     return generate
 

@@ -1,6 +1,6 @@
 """Sample videos written to `WORKDIR/samples/` during training, so a run can be watched.
 
-The first frames and captions are the first held-out (test split) examples; the sampling seed is
+The first frames and captions are the first held-out (test split) examples; the sampling seeds are
 the same at every preview, so successive previews differ only by the training in between. Every
 process gathers the (EMA if kept) params and samples locally; process 0 writes the files.
 """
@@ -42,19 +42,19 @@ class PreviewWriter:
         local = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
         pipe = I2VPipeline.from_config(self.config, local)
         data = self.config.data
+        videos = pipe.sample_each(
+            self.first_frames,
+            self.captions,
+            seed=self.seed,
+            num_frames=data.frames,
+            height=data.resolution,
+            width=data.resolution,
+            num_steps=self.num_steps,
+            frame_stride=self.frame_stride,
+            show_progress=False,
+        )
         paths = []
-        for i, (image, caption) in enumerate(zip(self.first_frames, self.captions)):
-            frames = pipe(
-                image,
-                caption,
-                num_frames=data.frames,
-                height=data.resolution,
-                width=data.resolution,
-                num_steps=self.num_steps,
-                frame_stride=self.frame_stride,
-                seed=self.seed,
-                show_progress=False,
-            )
-            if jax.process_index() == 0:
-                paths += save_videos(frames, os.path.join(self.directory, f"step_{step:06d}_{i}"), formats=("gif",))
+        if jax.process_index() == 0:
+            for i, video in enumerate(videos):
+                paths += save_videos(video[None], os.path.join(self.directory, f"step_{step:06d}_{i}"), formats=("gif",))
         return paths

@@ -1,17 +1,31 @@
 """`launch/aot_compile.py` for a small TPU topology (needs libtpu, from the `tpu` extra)."""
 
+import json
+import pathlib
+import subprocess
+import sys
+
 import pytest
 
 pytest.importorskip("libtpu", reason="libtpu is not installed (pip install -e '.[tpu]')")
 
 from launch import aot_compile  # noqa: E402
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
 
 @pytest.mark.slow
 def test_train_step_compiles_for_a_tpu_topology_and_reports_memory_and_flops():
-    result = aot_compile.run(
-        aot_compile.parse_args(["--config", "configs/micro.py", "--topology", "v5e:2x2", "--mesh", "data=2,fsdp=2"])
+    # Its own process: the TPU compiler is loaded explicitly, and the compilation-cache setting
+    # aot_compile makes only holds in a process that has not compiled anything yet.
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "aot_compile.py"), "--config", str(ROOT / "configs" / "micro.py"),
+         "--topology", "v5e:2x2", "--mesh", "data=2,fsdp=2"],
+        capture_output=True, text=True, timeout=900,
     )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "persistent compilation cache" not in completed.stderr
+    result = json.loads(completed.stdout.splitlines()[-1])
     assert result["devices"] == 4 and result["device_kind"].startswith("TPU v5")
     assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} and result["global_batch"] == 4
     # fp32 params + two Adam moments, split at most four ways (FSDP), padded by TPU tiling.

@@ -13,6 +13,11 @@ from typing import Protocol, Sequence
 import numpy as np
 
 
+def caption_text(value) -> str:
+    """A caption as read from a dataset (TFDS text features come back as bytes) -> str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def caption_words(prompt: str) -> list[str]:
     """Lowercase alphanumeric words: the tokenisation of the encoders without a vocabulary file."""
     return re.findall(r"[a-z0-9]+", prompt.lower())

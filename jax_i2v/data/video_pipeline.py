@@ -19,6 +19,7 @@ import grain
 import numpy as np
 
 from jax_i2v import media
+from jax_i2v.text import caption_text
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
 
@@ -50,8 +51,7 @@ def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator) -> di
     """{"video": (T, H, W, 3) uint8, "caption": str|bytes} -> {"video": (F, R, R, 3) float32 in
     [-1, 1], "caption": str, "frame_stride": float32, "frame_indices": (F,) int64, "flipped": bool}."""
     video = np.asarray(example["video"])
-    caption = example["caption"]
-    caption = caption.decode("utf-8") if isinstance(caption, bytes) else str(caption)
+    caption = caption_text(example["caption"])
     lo, hi = config.stride_range
     stride = int(rng.integers(lo, hi + 1))
     indices = sample_frame_indices(video.shape[0], config.num_frames, stride, rng)

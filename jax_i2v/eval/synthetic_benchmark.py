@@ -15,6 +15,7 @@ import numpy as np
 import tqdm
 
 from jax_i2v.eval.consistency import average, video_metrics
+from jax_i2v.text import caption_text
 
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
 VideoGenerator = Callable[[np.ndarray, list[str], int], np.ndarray]
@@ -40,11 +41,10 @@ def benchmark_clips(test_source, num_frames: int, num_videos: int, seed: int) ->
         if example["video"].shape[0] < num_frames:
             raise ValueError(f"test videos have {example['video'].shape[0]} frames, fewer than F = {num_frames}")
         n = int(example["num_objects"])
-        caption = example["caption"]
         clips.append(
             BenchmarkClip(
                 video=np.asarray(example["video"][:num_frames]),
-                caption=caption.decode() if isinstance(caption, bytes) else str(caption),
+                caption=caption_text(example["caption"]),
                 masks=np.asarray(example["masks"][:num_frames, :n]),
                 directions=np.asarray(example["directions"][:n]),
             )

@@ -142,7 +142,6 @@ def _metrics_log(path: str, last_step: int):
     return open(path, "a")
 
 
-
 def _global_batch(local: dict, mesh, caption_key: str) -> dict[str, jax.Array]:
     arrays = {"latents": local["video"], caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in arrays.items()}

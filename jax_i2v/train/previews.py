@@ -13,10 +13,10 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
 from jax_i2v.pipeline import I2VPipeline, save_videos
+from jax_i2v.text import caption_text
 
 
 class PreviewWriter:
@@ -25,7 +25,7 @@ class PreviewWriter:
             raise ValueError(f"config.train.sample_videos={count} exceeds the {len(test_source)} held-out examples")
         examples = [test_source[i] for i in range(count)]
         self.first_frames = [example["video"][0] for example in examples]
-        self.captions = [example["caption"].decode() if isinstance(example["caption"], bytes) else str(example["caption"]) for example in examples]
+        self.captions = [caption_text(example["caption"]) for example in examples]
         self.config = config
         self.num_steps, self.seed = num_steps, seed
         self.directory = os.path.join(workdir, "samples")
@@ -39,7 +39,7 @@ class PreviewWriter:
     def write(self, step: int, params: Any) -> list[str]:
         """Samples one video per held-out example with `params` (the train state's, possibly
         sharded over hosts); returns the files written (on process 0; [] elsewhere)."""
-        local = jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(params, tiled=True))
+        local = multihost_utils.process_allgather(params, tiled=True)  # numpy, whole on every host
         pipe = I2VPipeline.from_config(self.config, local)
         data = self.config.data
         videos = pipe.sample_each(

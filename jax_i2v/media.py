@@ -7,7 +7,7 @@ output frames are float in [0, 1] or uint8, `(T, H, W, 3)`.
 from __future__ import annotations
 
 import os
-from typing import Union
+from typing import Sequence, Union
 
 import imageio.v3 as iio
 import numpy as np
@@ -79,6 +79,18 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     if frames.dtype == np.uint8:
         return frames
     return np.round(np.clip(frames, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def video_grid(rows: Sequence[Sequence[np.ndarray]], scale: int = 1, gap: int = 2) -> np.ndarray:
+    """Equal-shaped (T, H, W, 3) videos laid out rows x columns, each pixel repeated `scale` times
+    and neighbours `gap` black pixels apart -> one (T, H', W', 3) uint8 video."""
+    cells = [[np.repeat(np.repeat(to_uint8(v), scale, axis=1), scale, axis=2) for v in row] for row in rows]
+    t, h, w, _ = cells[0][0].shape
+    grid = np.zeros((t, len(cells) * (h + gap) - gap, max(map(len, cells)) * (w + gap) - gap, 3), np.uint8)
+    for i, row in enumerate(cells):
+        for j, cell in enumerate(row):
+            grid[:, i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = cell
+    return grid
 
 
 def check_video_size(height: int, width: int, formats=VIDEO_FORMATS) -> None:

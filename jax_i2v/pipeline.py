@@ -27,7 +27,7 @@ from jax_i2v.diffusion.guidance import guidance_mode
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import VideoUNet, apply_unet, build_unet
-from jax_i2v.models.vae import LatentCodec, PixelSpace
+from jax_i2v.models.vae import LatentCodec, PixelSpace, latent_codec
 from jax_i2v.text import TextEncoder
 from jax_i2v.train.checkpoint import load_for_inference
 
@@ -69,6 +69,8 @@ class I2VPipeline:
         {"unet": ..., "text": ...} when the caption encoder is trained too."""
         unet = build_unet(unet_config(config), dtype=dtype(config.get("dtype", "float32")))
         text = text_conditioning(config.get("text_encoder"), config.data.text_len, unet.config.cross_attention_dim)
+        kwargs.setdefault("vae", latent_codec(config))
+        kwargs.setdefault("scheduler", scheduler_from_config(config))
         if text.module is None:
             return cls(unet, params, text_encoder=text.encoder(), **kwargs)
         return cls(unet, params["unet"], text_encoder=text.encoder(params["text"]), **kwargs)
@@ -233,6 +235,12 @@ class I2VPipeline:
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         videos = [self(image, prompt, seed=seed + i, **kwargs) for i, (image, prompt) in enumerate(zip(images, prompts))]
         return np.concatenate(videos)
+
+
+def scheduler_from_config(config) -> DDIMConfig:
+    """DDIM with the noise schedule and prediction type an experiment config trains with."""
+    prediction_type = config.get("objective", {}).get("prediction_type", "epsilon")
+    return DDIMConfig(**config.get("schedule", {}), prediction_type=prediction_type)
 
 
 def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:

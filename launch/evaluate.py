@@ -7,7 +7,9 @@ checkpoints, or a params export) with the config saved beside it; `--config` rep
 `data` section (e.g. to read the dataset from elsewhere). Videos are sampled from held-out first
 frames + captions and scored against the moving-shapes ground truth, next to the ground-truth clips
 and static clips (jax_i2v/eval/); `fvd_proxy` is the Frechet distance to the ground-truth clips in
-the feature space of the shipped moving-shapes video encoder. `--out FILE` also writes the JSON (with per-video scores) there.
+the feature space of the shipped moving-shapes video encoder. `--out FILE` also writes the JSON
+(with per-video scores) there; `--gif FILE` writes the first 8 sampled videos (left) beside their
+ground truth (right), one row each, magnified 4x.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 
 import numpy as np
 
+from jax_i2v import media
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
@@ -27,6 +30,7 @@ from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import I2VPipeline
 
 BENCHES = ("synthetic",)
+GIF_ROWS = 8
 
 
 def parse_args(argv=None):
@@ -42,9 +46,12 @@ def parse_args(argv=None):
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-model", action="store_true", help="score only the ground-truth and static references")
     p.add_argument("--out", help="also write the result (with per-video scores) to this JSON file")
+    p.add_argument("--gif", help="also write the first 8 sampled videos beside their ground truth to this GIF")
     args = p.parse_args(argv)
     if args.num_videos < 1:
         p.error("--num-videos must be >= 1")
+    if args.gif and (args.no_model or not args.gif.endswith(".gif")):
+        p.error("--gif needs a model to sample (no --no-model) and a path ending in .gif")
     return args
 
 
@@ -80,6 +87,15 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
     return generate
 
 
+def _recording(generate, sink: list):
+    def recorded(*args):
+        videos = generate(*args)
+        sink.append(videos)
+        return videos
+
+    return recorded
+
+
 def run(args) -> dict:
     pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
     if args.config:
@@ -91,7 +107,13 @@ def run(args) -> dict:
     clips = benchmark_clips(source, data.frames, args.num_videos, args.seed)
     settings = sampling_settings(config, args)
     generate = None if args.no_model else pipeline_generator(pipe, data.frames, data.resolution, settings)
+    sampled = []
+    if args.gif:
+        generate = _recording(generate, sampled)
     result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load())
+    if args.gif:
+        rows = [(video, clip.video) for video, clip in zip(np.concatenate(sampled), clips[:GIF_ROWS])]
+        media.write_video(args.gif, media.video_grid(rows, scale=4), fps=4)
     result["settings"] = {
         "checkpoint": os.path.abspath(args.checkpoint),
         "num_videos": args.num_videos,

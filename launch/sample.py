@@ -27,7 +27,8 @@ from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
 from jax_i2v.models.unet import build_unet, random_params
-from jax_i2v.pipeline import I2VPipeline, save_videos
+from jax_i2v.models.vae import latent_codec
+from jax_i2v.pipeline import I2VPipeline, save_videos, scheduler_from_config
 from jax_i2v.text import HashedWordEncoder
 
 
@@ -93,7 +94,9 @@ def build_pipeline(args) -> tuple[I2VPipeline, dict]:
         params = random_params(unet, args.seed)
     text_len = args.text_len or defaults.get("text_len", 77)
     encoder = HashedWordEncoder(text_len, unet.config.cross_attention_dim)
-    return I2VPipeline(unet, params, text_encoder=encoder), defaults
+    if config is None:
+        return I2VPipeline(unet, params, text_encoder=encoder), defaults
+    return I2VPipeline(unet, params, text_encoder=encoder, vae=latent_codec(config), scheduler=scheduler_from_config(config)), defaults
 
 
 def run(args) -> dict:

@@ -5,6 +5,8 @@
 
 Each run (one config file with one combination of the --grid values) is `launch/train.py` into
 WORKDIR/NAME followed by `launch/evaluate.py`, whose JSON goes to WORKDIR/NAME/benchmark.json.
+Runs that differ only in the `sampling` section (e.g. configs/ablations/no_frameinit.py beside
+configs/tiny.py) share the first one's training and are only benchmarked with their own settings.
 Runs go one after another here; `--print-commands` prints them instead (one line per run, for a
 cluster scheduler). Finished runs (benchmark.json present) are skipped, so an interrupted sweep
 picks up where it stopped. The table of the model's metrics (and the ground-truth and static
@@ -23,9 +25,12 @@ import subprocess
 import sys
 from typing import Sequence
 
+from jax_i2v.config_utils import load_config
 from jax_i2v.eval.consistency import METRICS
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
+# A config's `sampling` keys and the launch/evaluate.py flags that set them.
+SAMPLING_FLAGS = {"steps": "--steps", "text_guidance": "--text-guidance", "frameinit": "--frameinit"}
 COLUMNS = METRICS + ("fvd_proxy",)
 
 
@@ -55,13 +60,42 @@ def expand(configs: Sequence[str], grid: list[tuple[str, list[str]]]) -> list[tu
     return runs
 
 
-def commands(run, workdir: str, args, passthrough: Sequence[str]) -> list[list[str]]:
+def _training_identity(run) -> str:
+    """What the trained model depends on: the config without `sampling`, the non-sampling overrides."""
+    _, config, overrides = run
+    values = load_config(config).to_dict()
+    values.pop("sampling", None)
+    trained = {k: v for k, v in overrides.items() if not k.startswith("sampling.")}
+    return json.dumps([values, trained], sort_keys=True, default=str)
+
+
+def _sampling_flags(run) -> list[str]:
+    _, config, overrides = run
+    sampling = dict(load_config(config).get("sampling", {}))
+    sampling.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("sampling.")})
+    unknown = set(sampling) - set(SAMPLING_FLAGS)
+    if unknown:
+        raise SystemExit(f"error: {run[0]}: launch/evaluate.py has no flag for sampling keys {sorted(unknown)}")
+    return [item for key, value in sorted(sampling.items()) for item in (SAMPLING_FLAGS[key], str(value))]
+
+
+def trained_by(runs) -> dict[str, str]:
+    """Run name -> name of the run whose training it uses (itself unless an earlier run trains the same model)."""
+    first: dict[str, str] = {}
+    return {run[0]: first.setdefault(_training_identity(run), run[0]) for run in runs}
+
+
+def commands(run, workdir: str, args, passthrough: Sequence[str], source: str) -> list[list[str]]:
+    """The run's commands; `source` is the run whose model it benchmarks (itself: train it first)."""
     name, config, overrides = run
-    run_dir = os.path.join(workdir, name)
+    run_dir, model_dir = os.path.join(workdir, name), os.path.join(workdir, source)
+    evaluate = [sys.executable, os.path.join(LAUNCH, "evaluate.py"), "--checkpoint", model_dir, "--bench", "synthetic",
+                "--num-videos", str(args.num_videos), "--seed", str(args.seed), *_sampling_flags(run),
+                "--out", os.path.join(run_dir, "benchmark.json")]
+    if source != name:
+        return [["mkdir", "-p", run_dir], evaluate]
     train = [sys.executable, os.path.join(LAUNCH, "train.py"), f"--config={config}", f"--workdir={run_dir}"]
     train += [f"--config.{k}={v}" for k, v in overrides.items()] + list(passthrough)
-    evaluate = [sys.executable, os.path.join(LAUNCH, "evaluate.py"), "--checkpoint", run_dir, "--bench", "synthetic",
-                "--num-videos", str(args.num_videos), "--seed", str(args.seed), "--out", os.path.join(run_dir, "benchmark.json")]
     return [train, evaluate]
 
 
@@ -106,9 +140,10 @@ def main(argv=None) -> list[tuple[str, dict]]:
     if missing:
         p.error(f"config files not found: {missing}")
     runs = expand(args.configs, parse_grid(args.grid))
+    sources = trained_by(runs)
     if args.print_commands:
         for run in runs:
-            print(" && ".join(shlex.join(command) for command in commands(run, args.workdir, args, passthrough)))
+            print(" && ".join(shlex.join(c) for c in commands(run, args.workdir, args, passthrough, sources[run[0]])))
         return []
 
     os.makedirs(args.workdir, exist_ok=True)
@@ -117,7 +152,7 @@ def main(argv=None) -> list[tuple[str, dict]]:
         result_path = os.path.join(args.workdir, run[0], "benchmark.json")
         if not os.path.isfile(result_path):
             print(f"[{index + 1}/{len(runs)}] {run[0]}", file=sys.stderr, flush=True)
-            for command in commands(run, args.workdir, args, passthrough):
+            for command in commands(run, args.workdir, args, passthrough, sources[run[0]]):
                 completed = subprocess.run(command)
                 if completed.returncode != 0:
                     raise SystemExit(f"error: run {run[0]} failed ({shlex.join(command)} exited with {completed.returncode})")

@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -17,7 +18,8 @@ def test_train_then_evaluate(micro_run, tmp_path):
     workdir = micro_run
     evaluate = subprocess.run(
         [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(workdir), "--bench", "synthetic",
-         "--num-videos", "4", "--seed", "3", "--steps", "2", "--out", str(tmp_path / "scores.json")],
+         "--num-videos", "4", "--seed", "3", "--steps", "2", "--out", str(tmp_path / "scores.json"),
+         "--gif", str(tmp_path / "samples.gif")],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
@@ -32,3 +34,6 @@ def test_train_then_evaluate(micro_run, tmp_path):
         assert isinstance(model[key], float)
     per_video = json.loads((tmp_path / "scores.json").read_text())["per_video"]
     assert len(per_video) == 4 and all({"caption", "model", "ground_truth", "static"} <= set(v) for v in per_video)
+    # 4 rows of (sample | ground truth), 16x16 frames magnified 4x with 2-pixel gaps.
+    grid = iio.imread(tmp_path / "samples.gif")
+    assert grid.shape == (4, 4 * 64 + 3 * 2, 2 * 64 + 2, 3)

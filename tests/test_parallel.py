@@ -31,6 +31,8 @@ def setup():
     # The tiny config cut to two levels of 32 channels: every layer kind, a quarter of the compile time.
     config = dataclasses.replace(
         unet_config(load_config("configs/tiny.py")),
+        in_channels=3,
+        out_channels=3,
         block_out_channels=(32, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),

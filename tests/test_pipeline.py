@@ -1,6 +1,7 @@
 """Sampler and pipeline wiring, checked with analytic stand-in models."""
 
 import dataclasses
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_i2v.config_utils import load_config
 from jax_i2v.diffusion.ddim import DDIMConfig, padded_timesteps
 from jax_i2v.diffusion.frameinit import FrameInitConfig, frame_init, low_pass_filter
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
@@ -80,6 +82,15 @@ def test_frames_are_decoded_to_unit_range_and_sizes_checked():
 def test_codec_and_unet_channels_must_agree():
     with pytest.raises(ValueError, match="4-channel latents"):
         I2VPipeline(DriftOracle(dataclasses.replace(CONFIG, in_channels=4, out_channels=4)), {})
+
+
+def test_from_config_samples_with_the_trained_schedule_prediction_type_and_codec():
+    config = load_config(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py"))
+    config.schedule.beta_end = 0.02
+    config.objective.prediction_type = "v_prediction"
+    pipe = I2VPipeline.from_config(config, {"unet": {}, "text": {}})
+    assert (pipe.scheduler.prediction_type, pipe.scheduler.beta_end) == ("v_prediction", 0.02)
+    assert pipe.vae.downsample_factor == config.codec.factor and pipe.default_size == config.data.resolution
 
 
 def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():

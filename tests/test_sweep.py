@@ -46,9 +46,13 @@ def test_print_commands_expands_configs_times_grid(capsys):
                 "--print-commands", "--config.train.steps=7"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
-    assert "--workdir=w/no_frameinit_seed1_learning_rate1e-3" in lines[3]
-    assert all("--config.train.steps=7" in line and "evaluate.py" in line for line in lines)
+    assert all("evaluate.py" in line for line in lines)
+    assert all("--config.train.steps=7" in line and "--frameinit gaussian" in line for line in lines[:2])
     assert "--config.train.seed=0" in lines[0] and "--config.train.seed=1" in lines[1]
+    # no_frameinit differs from tiny only at sampling: it benchmarks tiny's model with FrameInit off.
+    assert "train.py" not in lines[3]
+    assert "--checkpoint w/tiny_seed1_learning_rate1e-3" in lines[3] and "--frameinit none" in lines[3]
+    assert "--out w/no_frameinit_seed1_learning_rate1e-3/benchmark.json" in lines[3]
 
 
 def test_finished_runs_are_collected_into_markdown_and_csv(tmp_path, capsys):

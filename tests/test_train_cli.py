@@ -66,6 +66,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     (["--config.optim.lr=0.1"], 1, "error: --config.optim.lr: optim has no key 'lr'"),
     (["--config.train.batch_size=abc"], 1, "error: "),
     (["--config.train.sample_every=-1"], 1, "error: config.train: steps and sample_every must be integers >= 0"),
+    (["--config.train.time_limit_minutes=-1"], 1, "error: config.train: time_limit_minutes must be a number >= 0"),
     (["--config.data.build_if_missing=False"], 1, "error: dataset directory"),
     (["--config.train.batch_size=6"], 8, "error: global batch size 6 is not divisible by data x fsdp = 8"),
 ])
@@ -171,3 +172,9 @@ def test_previews_tflops_crash_resume_and_sampling_from_the_run(tmp_path):
     from_run, from_export = iio.imread(tmp_path / "from_run.gif"), iio.imread(tmp_path / "from_export.gif")
     assert from_run.shape == (4, 16, 16, 3)
     np.testing.assert_array_equal(from_run, from_export)
+
+    # Out of time at once: the run does one more step and ends it as it would the last one.
+    timed = _run(command[:-4] + ["--config.train.steps=8", "--config.train.sample_every=100", "--config.train.time_limit_minutes=1e-6"])
+    assert "resumed from step 4" in timed.stderr and "time limit" in timed.stderr
+    assert max(_losses(workdir)) == 5
+    assert (workdir / "checkpoints" / "5").is_dir() and (workdir / "samples" / "step_000005_0.gif").exists()

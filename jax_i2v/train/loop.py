@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
@@ -28,6 +29,7 @@ from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.text_encoder import TextConditioning, text_conditioning
 from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
+from jax_i2v.models.vae import LatentCodec, latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer
@@ -97,6 +99,9 @@ class LoopConfig:
     sample_every: int = 0  # 0: no sample videos during training
     sample_videos: int = 2
     sample_steps: int = 25
+    # Wall-clock budget of one invocation in minutes, compilation included (0: none): the run then
+    # stops at the first logged step past it, saving a checkpoint and sample videos as at the end.
+    time_limit_minutes: float = 0.0
 
     def __post_init__(self):
         positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps")
@@ -106,6 +111,8 @@ class LoopConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.steps, int) or self.steps < 0 or not isinstance(self.sample_every, int) or self.sample_every < 0:
             raise ValueError(f"steps and sample_every must be integers >= 0, got {self.steps!r}, {self.sample_every!r}")
+        if not isinstance(self.time_limit_minutes, (int, float)) or self.time_limit_minutes < 0:
+            raise ValueError(f"time_limit_minutes must be a number >= 0, got {self.time_limit_minutes!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
@@ -142,13 +149,24 @@ def _metrics_log(path: str, last_step: int):
     return open(path, "a")
 
 
-def _global_batch(local: dict, mesh, caption_key: str) -> dict[str, jax.Array]:
-    arrays = {"latents": local["video"], caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
+def _past_time_limit(started: float, limit_minutes: float) -> bool:
+    """Whether this invocation has run `limit_minutes` (0: never), as process 0 sees it."""
+    if not limit_minutes:
+        return False
+    past = time.perf_counter() - started > 60.0 * limit_minutes
+    if jax.process_count() > 1:
+        past = bool(multihost_utils.broadcast_one_to_all(np.asarray(past)))
+    return past
+
+
+def _global_batch(local: dict, mesh, caption_key: str, codec: LatentCodec) -> dict[str, jax.Array]:
+    arrays = {"latents": codec.encode(local["video"]), caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in arrays.items()}
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains until `config.train.steps` or a SIGTERM; returns the last logged metrics."""
+    """Trains until `config.train.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
+    started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     loop = config_section(config, "train", LoopConfig)
     mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
@@ -165,6 +183,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         remat_policy=loop.remat_policy,
     )
     text = text_conditioning(config.get("text_encoder"), config.data.text_len, model.config.cross_attention_dim)
+    codec = latent_codec(config)
 
     def init_params(rng):
         unet_rng, text_rng = jax.random.split(rng)
@@ -215,7 +234,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     try:
         while step < loop.steps:
-            batch = _global_batch(next(data_iter), mesh, text.caption_key)
+            batch = _global_batch(next(data_iter), mesh, text.caption_key, codec)
             if compiled is None:
                 # Compiled explicitly (once) so XLA's FLOP count of the step is at hand for TFLOP/s.
                 compiled = train_step.lower(state, batch, text.null_caption, step_rng).compile()
@@ -226,7 +245,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step += 1
             window_steps += 1
             bar.update(1)
-            if step % loop.log_every == 0 or step == loop.steps:
+            # Checked at log steps only, where hosts can agree on it without a collective every step.
+            out_of_time = step % loop.log_every == 0 and _past_time_limit(started, loop.time_limit_minutes)
+            last_step = step == loop.steps or out_of_time
+            if step % loop.log_every == 0 or last_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["steps_per_sec"] = window_steps / elapsed
@@ -241,13 +263,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if writer is not None:
                     for key, value in metrics.items():
                         writer.add_scalar(key, value, step)
-            if step % loop.checkpoint_every == 0 or step == loop.steps:
+            if step % loop.checkpoint_every == 0 or last_step:
                 save()
-            if previews is not None and (step % loop.sample_every == 0 or step == loop.steps):
+            if previews is not None and (step % loop.sample_every == 0 or last_step):
                 paths = previews.write(step, state.ema_params if use_ema else state.params)
                 if paths:
                     log.info("step %d: sample videos %s", step, ", ".join(paths))
                 window_start, window_steps = time.perf_counter(), 0
+            if out_of_time:
+                log.warning("time limit of %g minutes reached: stopped at step %d", loop.time_limit_minutes, step)
+                break
             if preemption.should_stop(step):
                 log.warning("preempted: saving step %d and stopping", step)
                 save()

@@ -1,0 +1,47 @@
+"""Latent codecs: the space-to-depth fold of the CPU configs and the config check around it."""
+
+import pathlib
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jax_i2v.config_utils import load_config
+from jax_i2v.models.vae import PixelSpace, SpaceToDepth, latent_codec
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_space_to_depth_folds_pixel_blocks_into_channels_and_back_exactly():
+    pixels = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 12, 3)).astype(np.float32)
+    codec = SpaceToDepth(2)
+    latents = codec.encode(pixels)
+    assert latents.shape == (2, 3, 4, 6, 12) and isinstance(latents, np.ndarray)
+    # Latent pixel (i, j) holds pixel block rows 2i..2i+1, columns 2j..2j+1, channel-minor.
+    np.testing.assert_array_equal(latents[1, 2, 3, 5].reshape(2, 2, 3), pixels[1, 2, 6:8, 10:12])
+    np.testing.assert_array_equal(codec.decode(latents), pixels)
+    np.testing.assert_array_equal(np.asarray(codec.decode(jnp.asarray(latents))), pixels)
+
+
+def test_space_to_depth_rejects_sizes_it_cannot_fold():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SpaceToDepth(4).encode(np.zeros((1, 8, 6, 3), np.float32))
+    with pytest.raises(ValueError, match="positive integer"):
+        SpaceToDepth(0)
+
+
+def test_configs_name_their_codec_and_must_agree_with_the_data_section():
+    tiny = load_config(str(ROOT / "configs" / "tiny.py"))
+    codec = latent_codec(tiny)
+    assert isinstance(codec, SpaceToDepth) and codec.latent_channels == tiny.unet.in_channels == 48
+
+    tiny.data.latent_size = 32
+    with pytest.raises(ValueError, match=r"latent_size, latent_channels = \(8, 48\)"):
+        latent_codec(tiny)
+    tiny.data.update(latent_size=32, latent_channels=3)
+    tiny.codec = ml_collections.ConfigDict({"kind": "pixels"})
+    assert isinstance(latent_codec(tiny), PixelSpace)
+    tiny.codec = ml_collections.ConfigDict({"kind": "vqgan"})
+    with pytest.raises(ValueError, match="expected kind 'pixels' or 'space_to_depth'"):
+        latent_codec(tiny)

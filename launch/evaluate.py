@@ -25,7 +25,7 @@ from jax_i2v import media
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
-from jax_i2v.eval.synthetic_benchmark import benchmark_clips, run_benchmark
+from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, benchmark_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import I2VPipeline
 
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 def sampling_settings(config, args) -> dict:
     """Flags override the config's `sampling` section, which overrides the defaults."""
-    settings = {"steps": 25, "text_guidance": 7.5, "frameinit": "gaussian"}
+    settings = dict(SAMPLING_DEFAULTS)
     settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     if settings["frameinit"] not in FILTER_TYPES + ("none",):

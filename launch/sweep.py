@@ -27,10 +27,11 @@ from typing import Sequence
 
 from jax_i2v.config_utils import load_config
 from jax_i2v.eval.consistency import METRICS
+from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
 # A config's `sampling` keys and the launch/evaluate.py flags that set them.
-SAMPLING_FLAGS = {"steps": "--steps", "text_guidance": "--text-guidance", "frameinit": "--frameinit"}
+SAMPLING_FLAGS = {key: "--" + key.replace("_", "-") for key in SAMPLING_DEFAULTS}
 COLUMNS = METRICS + ("fvd_proxy",)
 
 

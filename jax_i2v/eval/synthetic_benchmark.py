@@ -17,6 +17,10 @@ import tqdm
 from jax_i2v.eval.consistency import average, video_metrics
 from jax_i2v.text import caption_text
 
+# How models are sampled for the benchmark unless a config's `sampling` section or the
+# launch/evaluate.py flag of the same name (--text-guidance for text_guidance) says otherwise.
+SAMPLING_DEFAULTS = {"steps": 25, "text_guidance": 7.5, "frameinit": "gaussian"}
+
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
 VideoGenerator = Callable[[np.ndarray, list[str], int], np.ndarray]
 REFERENCES = ("ground_truth", "static")

@@ -1,5 +1,6 @@
 """Latent codecs: the space-to-depth fold of the CPU configs and the config check around it."""
 
+import dataclasses
 import pathlib
 
 import jax.numpy as jnp
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 from jax_i2v.config_utils import load_config
+from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 from jax_i2v.models.vae import PixelSpace, SpaceToDepth, latent_codec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+MOVING_SHAPES_FIELDS = {f.name for f in dataclasses.fields(MovingShapesConfig)}
 
 
 def test_space_to_depth_folds_pixel_blocks_into_channels_and_back_exactly():
@@ -22,6 +25,24 @@ def test_space_to_depth_folds_pixel_blocks_into_channels_and_back_exactly():
     np.testing.assert_array_equal(latents[1, 2, 3, 5].reshape(2, 2, 3), pixels[1, 2, 6:8, 10:12])
     np.testing.assert_array_equal(codec.decode(latents), pixels)
     np.testing.assert_array_equal(np.asarray(codec.decode(jnp.asarray(latents))), pixels)
+
+
+def test_space_to_depth_normalises_like_a_vae_and_inverts_it():
+    pixels = np.random.default_rng(1).uniform(-1, 1, (3, 8, 8, 3)).astype(np.float32)
+    codec = SpaceToDepth(2, shift_factor=-0.5, scaling_factor=3.0)
+    latents = codec.encode(pixels)
+    np.testing.assert_allclose(latents, (SpaceToDepth(2).encode(pixels) + 0.5) * 3.0, rtol=1e-6)
+    np.testing.assert_allclose(codec.decode(latents), pixels, atol=1e-6)
+    with pytest.raises(ValueError, match="scaling_factor must be positive"):
+        SpaceToDepth(2, scaling_factor=0.0)
+
+
+def test_tiny_codec_gives_the_unet_unit_variance_latents_of_its_training_data():
+    tiny = load_config(str(ROOT / "configs" / "tiny.py"))
+    generator = MovingShapesConfig(**{k: v for k, v in tiny.data.dataset.to_dict().items() if k in MOVING_SHAPES_FIELDS})
+    videos = np.stack([generate_example(123, i, generator)["video"][::4] for i in range(64)])
+    latents = latent_codec(tiny).encode(videos.astype(np.float32) / 127.5 - 1.0)
+    assert abs(latents.mean()) < 0.15 and 0.85 < latents.std() < 1.15
 
 
 def test_space_to_depth_rejects_sizes_it_cannot_fold():

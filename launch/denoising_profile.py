@@ -1,0 +1,90 @@
+"""Denoising errors of a trained model by noise level, on held-out clips; prints one JSON object.
+
+  python launch/denoising_profile.py --checkpoint runs/tiny --num-videos 8 --seed 1
+
+For each timestep, held-out moving-shapes clips are noised as in training and the model's clean-clip
+and noise estimates are scored (mean squared error in latent units, jax_i2v/eval/denoising.py);
+`static_x0_mse` is the clean-clip error of the repeated first frame, for scale. Clips, checkpoint and
+`--config` work as in launch/evaluate.py; the clips use frame stride 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jax_i2v.config_utils import load_config
+from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
+from jax_i2v.diffusion.schedules import make_schedule
+from jax_i2v.eval.denoising import denoising_errors
+from jax_i2v.eval.synthetic_benchmark import benchmark_clips
+from jax_i2v.models.unet import apply_unet
+from jax_i2v.pipeline import I2VPipeline
+
+DEFAULT_TIMESTEPS = (10, 50, 100, 200, 400, 600, 800, 999)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="training workdir, checkpoints/STEP folder or params export")
+    p.add_argument("--config", help="config file whose data section replaces the checkpoint's (dataset location)")
+    p.add_argument("--num-videos", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="picks the held-out videos and the noise")
+    p.add_argument("--timesteps", type=int, nargs="+", default=DEFAULT_TIMESTEPS)
+    p.add_argument("--no-ema", action="store_true")
+    args = p.parse_args(argv)
+    if args.num_videos < 1:
+        p.error("--num-videos must be >= 1")
+    return args
+
+
+def run(args) -> dict:
+    pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+    if args.config:
+        config.data = load_config(args.config).data
+    data = config.data
+    clips = benchmark_clips(load_moving_shapes(data.dir, "test", **data.dataset.to_dict()), data.frames, args.num_videos, args.seed)
+    latents = pipe.encode_frames(np.stack([clip.video for clip in clips]), jax.random.key(args.seed))
+    text = pipe.text_encoder.encode([clip.caption for clip in clips])
+    conditioned = pipe.unet.config.conditions_on_first_frame
+    first, clean = (latents[:, :1], latents[:, 1:]) if conditioned else (None, latents)
+    schedule = make_schedule(**config.schedule.to_dict())
+    errors = denoising_errors(
+        lambda *inputs: apply_unet(pipe.unet, pipe.params, *inputs),
+        schedule,
+        config.objective.prediction_type,
+        clean,
+        first,
+        text,
+        jnp.ones((len(clips),), jnp.float32),
+        args.timesteps,
+        jax.random.key(args.seed),
+        noise_alpha=config.objective.get("noise_alpha", 1.0),
+    )
+    static = jnp.broadcast_to(latents[:, :1], latents[:, 1:].shape)
+    return {
+        "static_x0_mse": float(jnp.mean(jnp.square(static - latents[:, 1:]))),
+        "timesteps": {str(t): e for t, e in errors.items()},
+        "settings": {"checkpoint": args.checkpoint, "num_videos": args.num_videos, "seed": args.seed},
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(result))
+    sys.stdout.flush()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -18,13 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_i2v.config_utils import load_config
-from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.eval.denoising import denoising_errors
-from jax_i2v.eval.synthetic_benchmark import benchmark_clips
+from jax_i2v.eval.synthetic_benchmark import load_run_and_clips
 from jax_i2v.models.unet import apply_unet
-from jax_i2v.pipeline import I2VPipeline
 
 DEFAULT_TIMESTEPS = (10, 50, 100, 200, 400, 600, 800, 999)
 
@@ -44,11 +41,7 @@ def parse_args(argv=None):
 
 
 def run(args) -> dict:
-    pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-    if args.config:
-        config.data = load_config(args.config).data
-    data = config.data
-    clips = benchmark_clips(load_moving_shapes(data.dir, "test", **data.dataset.to_dict()), data.frames, args.num_videos, args.seed)
+    pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
     latents = pipe.encode_frames(np.stack([clip.video for clip in clips]), jax.random.key(args.seed))
     text = pipe.text_encoder.encode([clip.caption for clip in clips])
     conditioned = pipe.unet.config.conditions_on_first_frame

@@ -22,10 +22,8 @@ import sys
 import numpy as np
 
 from jax_i2v import media
-from jax_i2v.config_utils import load_config
-from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
-from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, benchmark_clips, run_benchmark
+from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import I2VPipeline
 
@@ -97,14 +95,8 @@ def _recording(generate, sink: list):
 
 
 def run(args) -> dict:
-    pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-    if args.config:
-        config.data = load_config(args.config).data
+    pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
     data = config.data
-    if data.dataset.resolution != data.resolution:
-        raise ValueError(f"the benchmark runs at the dataset's resolution ({data.dataset.resolution}), but the model samples {data.resolution}")
-    source = load_moving_shapes(data.dir, "test", **data.dataset.to_dict())
-    clips = benchmark_clips(source, data.frames, args.num_videos, args.seed)
     settings = sampling_settings(config, args)
     generate = None if args.no_model else pipeline_generator(pipe, data.frames, data.resolution, settings)
     sampled = []

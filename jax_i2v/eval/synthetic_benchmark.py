@@ -14,7 +14,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tqdm
 
+from jax_i2v.config_utils import load_config
+from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.eval.consistency import average, video_metrics
+from jax_i2v.pipeline import I2VPipeline
 from jax_i2v.text import caption_text
 
 # How models are sampled for the benchmark unless a config's `sampling` section or the
@@ -54,6 +57,20 @@ def benchmark_clips(test_source, num_frames: int, num_videos: int, seed: int) ->
             )
         )
     return clips
+
+
+def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True):
+    """(pipeline, config, clips): a trained model (training workdir, checkpoint or export) and
+    `num_videos` held-out clips of its dataset. `data_config`: a config file whose `data` section
+    replaces the saved one (e.g. the dataset has moved)."""
+    pipe, config = I2VPipeline.from_checkpoint(checkpoint, use_ema=use_ema)
+    if data_config:
+        config.data = load_config(data_config).data
+    data = config.data
+    if data.dataset.resolution != data.resolution:
+        raise ValueError(f"the benchmark runs at the dataset's resolution ({data.dataset.resolution}), but the model samples {data.resolution}")
+    source = load_moving_shapes(data.dir, "test", **data.dataset.to_dict())
+    return pipe, config, benchmark_clips(source, data.frames, num_videos, seed)
 
 
 def _score(videos: list[np.ndarray], clips: list[BenchmarkClip]) -> list[dict[str, float]]:

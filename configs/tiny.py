@@ -1,6 +1,7 @@
 """A CPU-sized ConsistI2V setup trained on the synthetic moving-shapes dataset: 32x32 RGB clips
-folded 4x4 into 8x8x48 "latents" (an exact space-to-depth codec standing in for the VAE's 8x) and
-a small video UNet with every architectural feature of the released model."""
+coded into 8x8x12 "latents" (the low frequencies of each 4x4 block's DCT, a fixed lossy codec
+standing in for the VAE's 8x) and a small video UNet with every architectural feature of the
+released model."""
 
 import ml_collections
 
@@ -9,8 +10,8 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.unet = ml_collections.ConfigDict(
         dict(
-            in_channels=48,
-            out_channels=48,
+            in_channels=12,
+            out_channels=12,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             mid_block_type="UNetMidBlock2DCrossAttn",
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
@@ -40,7 +41,7 @@ def get_config():
             frames=8,
             resolution=32,
             latent_size=8,
-            latent_channels=48,
+            latent_channels=12,
             text_len=8,
             stride_range=(1, 3),
             random_flip=True,
@@ -50,10 +51,14 @@ def get_config():
             dataset=dict(num_frames=32, resolution=32, max_objects=3, train_examples=2000, test_examples=64, seed=0),
         )
     )
-    # How pixels map to the UNet's input: "pixels" (identity) or "space_to_depth" (factor x factor
-    # pixel blocks folded into channels; data.latent_size/latent_channels must agree). The shift and
-    # scale give unit-variance latents: the training clips' pixels have mean -0.52, std 0.35.
-    config.codec = ml_collections.ConfigDict(dict(kind="space_to_depth", factor=4, shift_factor=-0.52, scaling_factor=2.85))
+    # How pixels map to the UNet's input (jax_i2v/models/vae.py): "pixels" (identity),
+    # "space_to_depth" (factor x factor pixel blocks folded into channels) or "block_dct" (the
+    # frequencies x frequencies lowest DCT coefficients of each block); data.latent_size and
+    # latent_channels must agree. The shift is the training clips' pixel mean; the scale gives
+    # their latents unit variance.
+    config.codec = ml_collections.ConfigDict(
+        dict(kind="block_dct", factor=4, frequencies=2, shift_factor=-0.52, scaling_factor=1.49)
+    )
     # "trainable": a word tokenizer (no vocabulary file) + a small transformer trained with the UNet;
     # "hashed": fixed word vectors. The CLIP tower takes this place in latent-space configs.
     config.text_encoder = ml_collections.ConfigDict(dict(kind="trainable", vocab_size=4096, width=64, layers=2, heads=4))

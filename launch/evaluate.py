@@ -6,7 +6,8 @@ The model (and the caption encoder) come from `--checkpoint` (a training workdir
 checkpoints, or a params export) with the config saved beside it; `--config` replaces that config's
 `data` section (e.g. to read the dataset from elsewhere). Videos are sampled from held-out first
 frames + captions and scored against the moving-shapes ground truth, next to the ground-truth clips
-and static clips (jax_i2v/eval/); `fvd_proxy` is the Frechet distance to the ground-truth clips in
+and static clips (jax_i2v/eval/) and, with `--codec-reference`, the ground truth through the model's
+latent codec (what a lossy codec alone costs); `fvd_proxy` is the Frechet distance to the ground-truth clips in
 the feature space of the shipped moving-shapes video encoder. `--out FILE` also writes the JSON
 (with per-video scores) there; `--gif FILE` writes the first 8 sampled videos (left) beside their
 ground truth (right), one row each, magnified 4x.
@@ -23,7 +24,7 @@ import numpy as np
 
 from jax_i2v import media
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
-from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, load_run_and_clips, run_benchmark
+from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import I2VPipeline
 
@@ -42,7 +43,12 @@ def parse_args(argv=None):
     p.add_argument("--text-guidance", type=float, help="default: config sampling.text_guidance, else 7.5")
     p.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: config sampling.frameinit, else gaussian")
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--no-model", action="store_true", help="score only the ground-truth and static references")
+    p.add_argument("--no-model", action="store_true", help="score only the references")
+    p.add_argument(
+        "--codec-reference",
+        action="store_true",
+        help="also score the ground truth through the model's latent codec (ground_truth_coded: the ceiling of a lossy codec)",
+    )
     p.add_argument("--out", help="also write the result (with per-video scores) to this JSON file")
     p.add_argument("--gif", help="also write the first 8 sampled videos beside their ground truth to this GIF")
     args = p.parse_args(argv)
@@ -102,7 +108,8 @@ def run(args) -> dict:
     sampled = []
     if args.gif:
         generate = _recording(generate, sampled)
-    result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load())
+    round_trip = codec_round_trip(pipe.vae) if args.codec_reference else None
+    result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load(), round_trip=round_trip)
     if args.gif:
         rows = [(video, clip.video) for video, clip in zip(np.concatenate(sampled), clips[:GIF_ROWS])]
         media.write_video(args.gif, media.video_grid(rows, scale=4), fps=4)

@@ -9,8 +9,8 @@ Runs that differ only in the `sampling` section (e.g. configs/ablations/no_frame
 configs/tiny.py) share the first one's training and are only benchmarked with their own settings.
 Runs go one after another here; `--print-commands` prints them instead (one line per run, for a
 cluster scheduler). Finished runs (benchmark.json present) are skipped, so an interrupted sweep
-picks up where it stopped. The table of the model's metrics (and the ground-truth and static
-references) is written to WORKDIR/results.md and WORKDIR/results.csv and printed.
+picks up where it stopped. The table of the model's metrics (and the references) is written to
+WORKDIR/results.md and WORKDIR/results.csv and printed.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Sequence
 
 from jax_i2v.config_utils import load_config
 from jax_i2v.eval.consistency import METRICS
-from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS
+from jax_i2v.eval.synthetic_benchmark import REFERENCES, SAMPLING_DEFAULTS
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
 # A config's `sampling` keys and the launch/evaluate.py flags that set them.
@@ -91,7 +91,7 @@ def commands(run, workdir: str, args, passthrough: Sequence[str], source: str) -
     name, config, overrides = run
     run_dir, model_dir = os.path.join(workdir, name), os.path.join(workdir, source)
     evaluate = [sys.executable, os.path.join(LAUNCH, "evaluate.py"), "--checkpoint", model_dir, "--bench", "synthetic",
-                "--num-videos", str(args.num_videos), "--seed", str(args.seed), *_sampling_flags(run),
+                "--num-videos", str(args.num_videos), "--seed", str(args.seed), "--codec-reference", *_sampling_flags(run),
                 "--out", os.path.join(run_dir, "benchmark.json")]
     if source != name:
         return [["mkdir", "-p", run_dir], evaluate]
@@ -101,8 +101,8 @@ def commands(run, workdir: str, args, passthrough: Sequence[str], source: str) -
 
 
 def table(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
-    """One line per run (the model's scores), then the ground-truth and static references, which
-    are the same for every run of one benchmark seed."""
+    """One line per run (the model's scores), then the references (ground truth, static, ground
+    truth through the codec), which are the same for every run of one benchmark seed and codec."""
     header = ["run", "model"] + list(COLUMNS)
 
     def line(name, model, scores):
@@ -110,7 +110,7 @@ def table(rows: list[tuple[str, dict]]) -> tuple[list[str], list[list[str]]]:
 
     lines = [line(name, "model", result["model"]) for name, result in rows]
     if rows:
-        lines += [line("-", reference, rows[0][1][reference]) for reference in ("ground_truth", "static")]
+        lines += [line("-", reference, rows[0][1][reference]) for reference in REFERENCES if reference in rows[0][1]]
     return header, lines
 
 

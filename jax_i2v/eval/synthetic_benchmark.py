@@ -26,7 +26,7 @@ SAMPLING_DEFAULTS = {"steps": 25, "text_guidance": 7.5, "frameinit": "gaussian"}
 
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
 VideoGenerator = Callable[[np.ndarray, list[str], int], np.ndarray]
-REFERENCES = ("ground_truth", "static")
+REFERENCES = ("ground_truth", "static", "ground_truth_coded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,20 +77,35 @@ def _score(videos: list[np.ndarray], clips: list[BenchmarkClip]) -> list[dict[st
     return [video_metrics(video, clip.video[0], clip.masks, clip.directions) for video, clip in zip(videos, clips)]
 
 
+def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
+    """(F, S, S, 3) uint8 -> the same through `codec`'s encode and decode, uint8."""
+
+    def round_trip(video: np.ndarray) -> np.ndarray:
+        decoded = np.asarray(codec.decode(codec.encode(video.astype(np.float32) / 127.5 - 1.0)))
+        return np.round(np.clip((decoded + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+
+    return round_trip
+
+
 def run_benchmark(
     generate: Optional[VideoGenerator],
     clips: list[BenchmarkClip],
     seed: int = 0,
     batch_size: int = 8,
     features: Optional[Any] = None,
+    round_trip: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> dict[str, Any]:
     """{"model": averages, "ground_truth": ..., "static": ..., "per_video": [...]}.
 
     `generate` None scores only the references. `features` (a `VideoFeatures`) adds `fvd_proxy`,
     the Frechet distance of each set of clips to the ground-truth clips in its feature space.
+    `round_trip` (see `codec_round_trip`) adds the reference "ground_truth_coded": the ground truth
+    through the model's latent codec, the best a model that decodes through it can score.
     """
     truth = [clip.video for clip in clips]
     videos = {"ground_truth": truth, "static": [np.repeat(v[:1], len(v), axis=0) for v in truth]}
+    if round_trip is not None:
+        videos["ground_truth_coded"] = [round_trip(v) for v in truth]
     if generate is not None:
         generated = []
         for start in tqdm.trange(0, len(clips), batch_size, desc="benchmark", unit="batch"):

@@ -41,7 +41,12 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="picks the held-out videos and the sampling noise")
     p.add_argument("--steps", type=int, help="DDIM steps (default: config sampling.steps, else 25)")
     p.add_argument("--text-guidance", type=float, help="default: config sampling.text_guidance, else 7.5")
+    p.add_argument("--image-guidance", type=float, help="first-frame guidance (default: config sampling.image_guidance, else 1: off)")
+    p.add_argument("--eta", type=float, help="DDIM eta, 0 deterministic, 1 DDPM-like (default: config sampling.eta, else 0)")
     p.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: config sampling.frameinit, else gaussian")
+    p.add_argument("--frameinit-ds", type=float, help="FrameInit spatial cutoff (default: config sampling.frameinit_ds, else 0.25)")
+    p.add_argument("--frameinit-dt", type=float, help="FrameInit temporal cutoff (default: config sampling.frameinit_dt, else 0.25)")
+    p.add_argument("--frameinit-noise-level", type=int, help="per mille (default: config sampling.frameinit_noise_level, else 850)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-model", action="store_true", help="score only the references")
     p.add_argument(
@@ -70,7 +75,14 @@ def sampling_settings(config, args) -> dict:
 
 
 def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: dict):
-    frameinit = None if settings["frameinit"] == "none" else FrameInitConfig(settings["frameinit"])
+    frameinit = None
+    if settings["frameinit"] != "none":
+        frameinit = FrameInitConfig(
+            settings["frameinit"],
+            d_s=settings["frameinit_ds"],
+            d_t=settings["frameinit_dt"],
+            noise_level=settings["frameinit_noise_level"],
+        )
 
     def generate(first_frames: np.ndarray, captions: list[str], seed: int) -> np.ndarray:
         videos = pipe.sample_each(
@@ -82,6 +94,8 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
             width=size,
             num_steps=settings["steps"],
             text_guidance=settings["text_guidance"],
+            image_guidance=settings["image_guidance"],
+            eta=settings["eta"],
             frame_stride=1,
             frameinit=frameinit,
             show_progress=False,

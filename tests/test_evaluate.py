@@ -18,13 +18,14 @@ def test_train_then_evaluate(micro_run, tmp_path):
     workdir = micro_run
     evaluate = subprocess.run(
         [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(workdir), "--bench", "synthetic",
-         "--num-videos", "4", "--seed", "3", "--steps", "2", "--out", str(tmp_path / "scores.json"),
+         "--num-videos", "4", "--seed", "3", "--steps", "2", "--frameinit-ds", "0.5", "--codec-reference", "--out", str(tmp_path / "scores.json"),
          "--gif", str(tmp_path / "samples.gif")],
         env=env, capture_output=True, text=True, timeout=900,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads(evaluate.stdout.splitlines()[-1])
-    assert set(result) == {"model", "ground_truth", "static", "settings"}
+    assert set(result) == {"model", "ground_truth", "static", "ground_truth_coded", "settings"}
+    assert result["settings"]["frameinit_ds"] == 0.5 and result["settings"]["frameinit_dt"] == 0.25
     truth, static, model = result["ground_truth"], result["static"], result["model"]
     assert truth["motion_error"] == 0.0 and truth["appearance_drift"] == 0.0 and truth["background_psnr"] == 100.0
     assert truth["direction_accuracy"] == 1.0

@@ -95,7 +95,28 @@ def test_noisy_frames_and_targets_share_the_videos_timestep():
     np.testing.assert_array_equal(example.frame_stride, batch["frame_stride"])
 
 
-@pytest.mark.parametrize("kwargs", [dict(prediction_type="sample"), dict(text_dropout=1.5), dict(noise_alpha=-1.0)])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_scales_each_videos_mse(prediction_type):
+    batch = _batch(jax.random.key(7), b=64)
+    plain = ObjectiveConfig(prediction_type=prediction_type)
+    weighted = ObjectiveConfig(prediction_type=prediction_type, snr_gamma=5.0)
+    _, example = diffusion_loss(_scaling_model, 0.5, batch, NULL_TEXT, jax.random.key(8), SCHEDULE, plain)
+    per_video = np.mean(np.square(0.5 * np.asarray(example.sample) - np.asarray(example.target)), axis=(1, 2, 3, 4))
+    alpha_bar = np.asarray(SCHEDULE.alphas_cumprod)[np.asarray(example.timesteps)].astype(np.float64)
+    snr = alpha_bar / (1 - alpha_bar)
+    expected = np.minimum(snr, 5.0) / (snr if prediction_type == "epsilon" else snr + 1)
+    loss, same = diffusion_loss(_scaling_model, 0.5, batch, NULL_TEXT, jax.random.key(8), SCHEDULE, weighted)
+    np.testing.assert_array_equal(same.timesteps, example.timesteps)
+    np.testing.assert_allclose(float(loss), np.mean(expected * per_video), rtol=1e-5)
+    # Low-noise steps (SNR > gamma) are down-weighted; for epsilon, high-noise steps keep weight 1.
+    assert expected[snr > 5.0].max() < 1.0
+    if prediction_type == "epsilon":
+        np.testing.assert_allclose(expected[snr <= 5.0], 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(prediction_type="sample"), dict(text_dropout=1.5), dict(noise_alpha=-1.0), dict(snr_gamma=0.0)]
+)
 def test_bad_objective_settings_raise(kwargs):
     with pytest.raises(ValueError):
         ObjectiveConfig(**kwargs)

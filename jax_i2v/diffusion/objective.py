@@ -28,6 +28,9 @@ class ObjectiveConfig:
     text_dropout: float = 0.1
     # False for models without a first-frame path ("none" mode): all F frames are denoised and scored.
     condition_on_first_frame: bool = True
+    # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma, 5.0 there), None: off.
+    # Per video, the MSE is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
+    snr_gamma: Optional[float] = None
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
@@ -37,6 +40,8 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         if self.noise_alpha < 0:
             raise ValueError(f"noise_alpha must be >= 0, got {self.noise_alpha}")
+        if self.snr_gamma is not None and not self.snr_gamma > 0:
+            raise ValueError(f"snr_gamma must be positive (or None: no weighting), got {self.snr_gamma}")
 
 
 @flax.struct.dataclass
@@ -114,6 +119,14 @@ def prepare_example(
     )
 
 
+def min_snr_weights(schedule: NoiseSchedule, timesteps: jax.Array, gamma: float, prediction_type: str) -> jax.Array:
+    """(B,) Min-SNR-gamma weights of the MSE for the given prediction type."""
+    alpha_bar = schedule.alphas_cumprod[jnp.asarray(timesteps, jnp.int32)]
+    snr = alpha_bar / (1.0 - alpha_bar)
+    clipped = jnp.minimum(snr, gamma)
+    return clipped / snr if prediction_type == "epsilon" else clipped / (snr + 1.0)
+
+
 def diffusion_loss(
     apply_fn: Callable[..., jax.Array],
     params: Any,
@@ -123,11 +136,16 @@ def diffusion_loss(
     schedule: NoiseSchedule,
     config: ObjectiveConfig,
 ):
-    """MSE between the model's prediction and its target, in float32. Returns (loss, example).
+    """MSE between the model's prediction and its target, in float32 (per video weighted by
+    Min-SNR-gamma when `config.snr_gamma` is set). Returns (loss, example).
 
     apply_fn(params, sample, timesteps, text, first_frame, frame_stride) -> prediction like `sample`.
     """
     example = prepare_example(batch, null_text, rng, schedule, config)
     prediction = apply_fn(params, example.sample, example.timesteps, example.text, example.first_frame, example.frame_stride)
-    loss = jnp.mean(jnp.square(prediction.astype(jnp.float32) - example.target))
-    return loss, example
+    squared = jnp.square(prediction.astype(jnp.float32) - example.target)
+    if config.snr_gamma is None:
+        return jnp.mean(squared), example
+    per_video = jnp.mean(squared.reshape(squared.shape[0], -1), axis=1)
+    weights = min_snr_weights(schedule, example.timesteps, config.snr_gamma, config.prediction_type)
+    return jnp.mean(weights * per_video), example

@@ -22,7 +22,17 @@ from jax_i2v.text import caption_text
 
 # How models are sampled for the benchmark unless a config's `sampling` section or the
 # launch/evaluate.py flag of the same name (--text-guidance for text_guidance) says otherwise.
-SAMPLING_DEFAULTS = {"steps": 25, "text_guidance": 7.5, "frameinit": "gaussian"}
+# FrameInit's filter and noise level default to the release's (jax_i2v.diffusion.frameinit).
+SAMPLING_DEFAULTS = {
+    "steps": 25,
+    "text_guidance": 7.5,
+    "image_guidance": 1.0,
+    "eta": 0.0,
+    "frameinit": "gaussian",
+    "frameinit_ds": 0.25,
+    "frameinit_dt": 0.25,
+    "frameinit_noise_level": 850,
+}
 
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
 VideoGenerator = Callable[[np.ndarray, list[str], int], np.ndarray]

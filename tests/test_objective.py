@@ -114,8 +114,30 @@ def test_min_snr_weighting_scales_each_videos_mse(prediction_type):
         np.testing.assert_allclose(expected[snr <= 5.0], 1.0)
 
 
+def test_timestep_bias_draws_the_noisiest_portion_more_often():
+    from jax_i2v.diffusion.objective import sample_timesteps
+
+    n = 40000
+    biased = np.asarray(sample_timesteps(jax.random.key(9), n, 1000, ObjectiveConfig(timestep_bias_multiplier=3.0, timestep_bias_portion=0.3)))
+    assert biased.min() >= 0 and biased.max() <= 999
+    expected = 0.3 * 3 / (0.7 + 0.3 * 3)  # share of t >= 700
+    assert abs((biased >= 700).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / n)
+    # Uniform within each part.
+    assert abs(biased[biased >= 700].mean() - 849.5) < 3 and abs(biased[biased < 700].mean() - 349.5) < 5
+    uniform = np.asarray(sample_timesteps(jax.random.key(9), n, 1000, ObjectiveConfig()))
+    assert abs((uniform >= 700).mean() - 0.3) < 5 * np.sqrt(0.21 / n)
+
+
 @pytest.mark.parametrize(
-    "kwargs", [dict(prediction_type="sample"), dict(text_dropout=1.5), dict(noise_alpha=-1.0), dict(snr_gamma=0.0)]
+    "kwargs",
+    [
+        dict(prediction_type="sample"),
+        dict(text_dropout=1.5),
+        dict(noise_alpha=-1.0),
+        dict(snr_gamma=0.0),
+        dict(timestep_bias_multiplier=0.0),
+        dict(timestep_bias_portion=1.5),
+    ],
 )
 def test_bad_objective_settings_raise(kwargs):
     with pytest.raises(ValueError):

@@ -31,6 +31,10 @@ class ObjectiveConfig:
     # Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' --snr_gamma, 5.0 there), None: off.
     # Per video, the MSE is weighted by min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v).
     snr_gamma: Optional[float] = None
+    # Timesteps in the last `timestep_bias_portion` of the schedule (the noisiest) are drawn
+    # `timestep_bias_multiplier` times as often (diffusers' --timestep_bias_strategy later); 1: uniform.
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
 
     def __post_init__(self):
         if self.prediction_type not in PREDICTION_TYPES:
@@ -40,6 +44,11 @@ class ObjectiveConfig:
                 raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
         if self.noise_alpha < 0:
             raise ValueError(f"noise_alpha must be >= 0, got {self.noise_alpha}")
+        if not self.timestep_bias_multiplier > 0 or not 0.0 < self.timestep_bias_portion <= 1.0:
+            raise ValueError(
+                "need timestep_bias_multiplier > 0 and 0 < timestep_bias_portion <= 1, got "
+                f"{self.timestep_bias_multiplier}, {self.timestep_bias_portion}"
+            )
         if self.snr_gamma is not None and not self.snr_gamma > 0:
             raise ValueError(f"snr_gamma must be positive (or None: no weighting), got {self.snr_gamma}")
 
@@ -69,6 +78,15 @@ def _where_per_video(mask, if_true, if_false):
     return jnp.where(mask.reshape(mask.shape + (1,) * (if_true.ndim - 1)), if_true, if_false)
 
 
+def sample_timesteps(rng: jax.Array, batch: int, num_train_timesteps: int, config: ObjectiveConfig) -> jax.Array:
+    """(batch,) int32 training timesteps: uniform, or biased towards the noisiest portion."""
+    if config.timestep_bias_multiplier == 1.0:
+        return jax.random.randint(rng, (batch,), 0, num_train_timesteps)
+    first_biased = num_train_timesteps - int(round(config.timestep_bias_portion * num_train_timesteps))
+    weights = jnp.where(jnp.arange(num_train_timesteps) >= first_biased, config.timestep_bias_multiplier, 1.0)
+    return jax.random.categorical(rng, jnp.log(weights), shape=(batch,)).astype(jnp.int32)
+
+
 def prepare_example(
     batch: Mapping[str, jax.Array],
     null_text: jax.Array,
@@ -90,7 +108,7 @@ def prepare_example(
     noise_key, t_key, first_key, text_key = jax.random.split(rng, 4)
 
     noise = pyoco_mixed_noise(noise_key, latents.shape, config.noise_alpha)
-    timesteps = jax.random.randint(t_key, (b,), 0, schedule.num_train_timesteps)
+    timesteps = sample_timesteps(t_key, b, schedule.num_train_timesteps, config)
     noisy = add_noise(schedule, latents.astype(jnp.float32), noise, timesteps)
     first_dropped = jax.random.bernoulli(first_key, config.first_frame_dropout, (b,))
     text_dropped = jax.random.bernoulli(text_key, config.text_dropout, (b,))

@@ -106,8 +106,8 @@ class BlockDCT(SpaceToDepth):
         self._basis = basis.reshape(3 * factor * factor, self.latent_channels).astype(np.float32)
 
     def encode(self, pixels, rng=None):
-        folded = super().encode(pixels, rng) / np.float32(self.scaling_factor)
-        return (folded @ self._basis) * np.float32(self.scaling_factor)
+        # The projection is linear, so it commutes with the normalisation's scale.
+        return super().encode(pixels, rng) @ self._basis
 
     def decode(self, latents):
         return super().decode(latents @ self._basis.T)

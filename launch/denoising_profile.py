@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_i2v.cli import exit_on_user_error
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.eval.denoising import denoising_errors
 from jax_i2v.eval.synthetic_benchmark import load_run_and_clips
@@ -69,11 +70,8 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
+    with exit_on_user_error():
         result = run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps(result))
     sys.stdout.flush()
     return result

@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from jax_i2v import media
+from jax_i2v.cli import exit_on_user_error
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
 from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
@@ -100,7 +101,7 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
             frameinit=frameinit,
             show_progress=False,
         )
-        return np.round(videos * 255).astype(np.uint8)
+        return media.to_uint8(videos)
 
     return generate
 
@@ -140,11 +141,8 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    try:
+    with exit_on_user_error():
         result = run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -13,11 +13,11 @@ per host) call jax.distributed.initialize first (see launch/train_tpu_pod.sh).
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from jax_i2v.cli import exit_on_user_error
 from jax_i2v.config_utils import load_config
 from jax_i2v.train.loop import train
 
@@ -80,11 +80,8 @@ def main(argv):
         if _CPU_COLLECTIVES.value:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    try:
+    with exit_on_user_error():
         train(_CONFIG.value, _WORKDIR.value)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tqdm
 
+from jax_i2v import media
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.eval.consistency import average, video_metrics
@@ -91,8 +92,8 @@ def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
     """(F, S, S, 3) uint8 -> the same through `codec`'s encode and decode, uint8."""
 
     def round_trip(video: np.ndarray) -> np.ndarray:
-        decoded = np.asarray(codec.decode(codec.encode(video.astype(np.float32) / 127.5 - 1.0)))
-        return np.round(np.clip((decoded + 1.0) * 127.5, 0, 255)).astype(np.uint8)
+        decoded = np.asarray(codec.decode(codec.encode(media.to_model_range(video))))
+        return media.to_uint8(decoded / 2.0 + 0.5)
 
     return round_trip
 

@@ -42,7 +42,7 @@ def get_config():
             resolution=32,
             latent_size=8,
             latent_channels=12,
-            text_len=8,
+            text_len=16,  # start token + 5 words per object
             stride_range=(1, 3),
             random_flip=True,
             dir="data/moving_shapes",

@@ -4,8 +4,11 @@
 
 For each timestep, held-out moving-shapes clips are noised as in training and the model's clean-clip
 and noise estimates are scored (mean squared error in latent units, jax_i2v/eval/denoising.py);
-`static_x0_mse` is the clean-clip error of the repeated first frame, for scale. Clips, checkpoint and
-`--config` work as in launch/evaluate.py; the clips use frame stride 1.
+`static_x0_mse` is the clean-clip error of the repeated first frame, for scale.
+`x0_mse_reversed_caption` repeats the clean-clip error (same noise) with every direction in the
+captions reversed: a model that reads the motion from its caption does worse with it at high
+noise, one that ignores the caption scores the same. Clips, checkpoint and `--config` work as in
+launch/evaluate.py; the clips use frame stride 1.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.cli import exit_on_user_error
+from jax_i2v.data.moving_shapes import reverse_directions
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.eval.denoising import denoising_errors
 from jax_i2v.eval.synthetic_benchmark import load_run_and_clips
@@ -44,26 +48,32 @@ def parse_args(argv=None):
 def run(args) -> dict:
     pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
     latents = pipe.encode_frames(np.stack([clip.video for clip in clips]), jax.random.key(args.seed))
-    text = pipe.text_encoder.encode([clip.caption for clip in clips])
     conditioned = pipe.unet.config.conditions_on_first_frame
     first, clean = (latents[:, :1], latents[:, 1:]) if conditioned else (None, latents)
     schedule = make_schedule(**config.schedule.to_dict())
-    errors = denoising_errors(
-        lambda *inputs: apply_unet(pipe.unet, pipe.params, *inputs),
-        schedule,
-        config.objective.prediction_type,
-        clean,
-        first,
-        text,
-        jnp.ones((len(clips),), jnp.float32),
-        args.timesteps,
-        jax.random.key(args.seed),
-        noise_alpha=config.objective.get("noise_alpha", 1.0),
-    )
+
+    def errors(captions):
+        return denoising_errors(
+            lambda *inputs: apply_unet(pipe.unet, pipe.params, *inputs),
+            schedule,
+            config.objective.prediction_type,
+            clean,
+            first,
+            pipe.text_encoder.encode(captions),
+            jnp.ones((len(clips),), jnp.float32),
+            args.timesteps,
+            jax.random.key(args.seed),
+            noise_alpha=config.objective.get("noise_alpha", 1.0),
+        )
+
+    captions = [clip.caption for clip in clips]
+    true, reversed_ = errors(captions), errors([reverse_directions(c) for c in captions])
+    for t in true:
+        true[t]["x0_mse_reversed_caption"] = reversed_[t]["x0_mse"]
     static = jnp.broadcast_to(latents[:, :1], latents[:, 1:].shape)
     return {
         "static_x0_mse": float(jnp.mean(jnp.square(static - latents[:, 1:]))),
-        "timesteps": {str(t): e for t, e in errors.items()},
+        "timesteps": {str(t): e for t, e in true.items()},
         "settings": {"checkpoint": args.checkpoint, "num_videos": args.num_videos, "seed": args.seed},
     }
 

@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from jax_i2v.data.moving_shapes import COLOURS, COLOUR_NAMES, DIRECTION_NAMES, SHAPES, MovingShapesConfig, generate_example
+from jax_i2v.data.moving_shapes import (
+    COLOURS,
+    COLOUR_NAMES,
+    DIRECTION_NAMES,
+    DIRECTIONS,
+    SHAPES,
+    MovingShapesConfig,
+    clip_caption,
+    generate_example,
+    reverse_directions,
+)
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, make_clip, sample_frame_indices, swap_left_right, training_dataset
 
@@ -32,6 +42,41 @@ def test_ground_truth_agrees_with_the_pixels_and_the_caption(index):
         # Initial motion follows the captioned direction.
         dx, dy = x[1] - x[0], y[1] - y[0]
         assert {"left": dx < 0, "right": dx > 0, "up": dy < 0, "down": dy > 0}[DIRECTION_NAMES[e["directions"][i]]]
+
+
+def test_clip_captions_name_the_motion_of_each_clip():
+    # Fast objects in a long video bounce several times, so many clips move against the video's caption.
+    config = MovingShapesConfig(num_frames=40, resolution=24, min_speed=0.05, max_speed=0.08)
+    reversed_clips = 0
+    for index in range(10):
+        e = generate_example(1, index, config)
+        n = int(e["num_objects"])
+        assert clip_caption(e, np.arange(8)) == e["caption"]
+        for start in range(0, 36, 3):
+            indices = np.array([start, start + 2, start + 4])
+            words = clip_caption(e, indices).replace(",", "").split()
+            assert words[1::5] == [COLOUR_NAMES[c] for c in e["colours"][:n]]
+            assert words[2::5] == [SHAPES[s] for s in e["shapes"][:n]]
+            named = words[4::5]
+            for i, direction in enumerate(named):
+                step = e["positions"][start + 2, i] - e["positions"][start, i]
+                assert np.dot(step, DIRECTIONS[direction]) >= 0, (index, start, i, direction)
+            reversed_clips += named != [DIRECTION_NAMES[d] for d in e["directions"][:n]]
+    assert reversed_clips > 10
+
+
+def test_reverse_directions():
+    assert reverse_directions("a red circle moves left, a blue square moves up") == "a red circle moves right, a blue square moves down"
+    assert reverse_directions("upright, leftover: down right") == "upright, leftover: up left"
+
+
+def test_make_clip_captions_the_sampled_clip():
+    example = {"video": np.zeros((10, 8, 8, 3), np.uint8), "caption": "unused"}
+    config = ClipConfig(num_frames=3, resolution=8, stride_range=(1, 3))
+    for seed in range(6):
+        clip = make_clip(example, config, np.random.default_rng(seed), clip_caption=lambda e, idx: f"moves left from {idx[0]}")
+        start = clip["frame_indices"][0]
+        assert clip["caption"] == (f"moves right from {start}" if clip["flipped"] else f"moves left from {start}")
 
 
 def test_frame_indices_follow_the_reference_rule():

@@ -67,4 +67,4 @@ def test_denoising_profile_cli_on_a_trained_checkpoint(micro_run):
     result = json.loads(run.stdout.splitlines()[-1])
     assert set(result["timesteps"]) == {"10", "999"} and result["static_x0_mse"] > 0
     for e in result["timesteps"].values():
-        assert np.isfinite(e["x0_mse"]) and np.isfinite(e["eps_mse"])
+        assert np.isfinite(e["x0_mse"]) and np.isfinite(e["eps_mse"]) and np.isfinite(e["x0_mse_reversed_caption"])

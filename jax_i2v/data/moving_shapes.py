@@ -3,12 +3,14 @@
 1-3 shapes (circle / square / triangle) of random colour and size on a plain or gradient
 background move at constant velocity along one of four directions and bounce off the borders.
 The caption names each shape, its colour and its initial direction: "a red circle moves left, a
-blue square moves down". Every example is a pure function of (seed, index).
+blue square moves down"; `clip_caption` describes any clip of a video the same way. Every example
+is a pure function of (seed, index).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -26,6 +28,7 @@ COLOUR_NAMES = tuple(COLOURS)
 # Unit velocity per direction in (x, y) image coordinates (y grows downwards).
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 DIRECTION_NAMES = tuple(DIRECTIONS)
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,46 @@ def _trajectory(start: float, velocity: float, radius: float, size: int, frames:
     return positions
 
 
+def describe(shapes, colours, directions) -> str:
+    """The caption of objects given by indices into SHAPES / COLOUR_NAMES / DIRECTION_NAMES."""
+    return ", ".join(
+        f"{_article(COLOUR_NAMES[c])} {COLOUR_NAMES[c]} {SHAPES[s]} moves {DIRECTION_NAMES[d]}"
+        for s, c, d in zip(shapes, colours, directions)
+    )
+
+
+def directions_at(positions: np.ndarray, directions: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Each object's direction of motion from frame `start` to frame `end`, as DIRECTION_NAMES indices.
+
+    Objects move along the axis of their initial direction and reverse at the borders, so a clip
+    that starts after a bounce moves the other way; an object that has not moved keeps its direction.
+    positions: (T, N, 2); directions: (N,) initial directions (padding -1 stays -1).
+    """
+    result = np.array(directions, np.int32)
+    for i, d in enumerate(directions):
+        if d < 0:
+            continue
+        unit = np.asarray(DIRECTIONS[DIRECTION_NAMES[d]])
+        step = float(np.dot(positions[end, i] - positions[start, i], unit))
+        if step < 0:
+            result[i] = DIRECTION_NAMES.index(_OPPOSITE[DIRECTION_NAMES[d]])
+    return result
+
+
+def reverse_directions(caption: str) -> str:
+    """The caption with every direction word replaced by its opposite (a caption the clip contradicts)."""
+    return re.sub(r"\b(left|right|up|down)\b", lambda m: _OPPOSITE[m.group(1)], caption)
+
+
+def clip_caption(example: dict, frame_indices: np.ndarray) -> str:
+    """The caption of the clip `video[frame_indices]` of an example: each object with the direction
+    it moves at the clip's first step (training clips start anywhere, also after bounces)."""
+    n = int(example["num_objects"])
+    start, end = int(frame_indices[0]), int(frame_indices[1])
+    directions = directions_at(np.asarray(example["positions"]), np.asarray(example["directions"]), start, end)
+    return describe(np.asarray(example["shapes"])[:n], np.asarray(example["colours"])[:n], directions[:n])
+
+
 def generate_example(seed: int, index: int, config: MovingShapesConfig = MovingShapesConfig()) -> dict:
     """One example.
 
@@ -136,14 +179,9 @@ def generate_example(seed: int, index: int, config: MovingShapesConfig = MovingS
             masks[t, i] = mask
             covered |= mask
         video[t] = np.round(frame).astype(np.uint8)
-    caption = ", ".join(
-        f"{_article(COLOUR_NAMES[colours[i]])} {COLOUR_NAMES[colours[i]]} {SHAPES[shapes[i]]} moves "
-        f"{DIRECTION_NAMES[directions[i]]}"
-        for i in range(n)
-    )
     return dict(
         video=video,
-        caption=caption,
+        caption=describe(shapes[:n], colours[:n], directions[:n]),
         num_objects=np.int32(n),
         shapes=shapes,
         colours=colours,

@@ -2,7 +2,8 @@
 
 Per example: frame stride s ~ U{lo..hi}, clip_len = min(T, (F - 1) s + 1), a random start and F
 indices linspace(start, start + clip_len - 1, F); the whole clip is flipped horizontally with
-probability 1/2 (swapping "left" and "right" in the caption, which names motion directions);
+probability 1/2 (swapping "left" and "right" in the caption, which names motion directions;
+datasets whose motion changes within a video caption each clip through `clip_caption`);
 frames are resized (short side) and centre-cropped, then scaled to [-1, 1]. Each host decodes only
 its rows of each global batch; shuffling and the random draws are deterministic in the seed and
 independent of the host count, and the iterator's state is saved with checkpoints so a resumed
@@ -47,14 +48,21 @@ def sample_frame_indices(length: int, num_frames: int, stride: int, rng: np.rand
     return np.linspace(start, start + clip_len - 1, num_frames).astype(np.int64)
 
 
-def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator) -> dict:
+# (example, frame indices of the clip) -> the clip's caption, for datasets whose captions describe
+# motion that differs between clips of one video (jax_i2v.data.moving_shapes.clip_caption).
+ClipCaption = Callable[[dict, np.ndarray], str]
+
+
+def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator, clip_caption: Optional[ClipCaption] = None) -> dict:
     """{"video": (T, H, W, 3) uint8, "caption": str|bytes} -> {"video": (F, R, R, 3) float32 in
-    [-1, 1], "caption": str, "frame_stride": float32, "frame_indices": (F,) int64, "flipped": bool}."""
+    [-1, 1], "caption": str, "frame_stride": float32, "frame_indices": (F,) int64, "flipped": bool}.
+
+    The caption is the example's, or clip_caption(example, frame_indices) when given."""
     video = np.asarray(example["video"])
-    caption = caption_text(example["caption"])
     lo, hi = config.stride_range
     stride = int(rng.integers(lo, hi + 1))
     indices = sample_frame_indices(video.shape[0], config.num_frames, stride, rng)
+    caption = clip_caption(example, indices) if clip_caption else caption_text(example["caption"])
     clip = video[indices]
     flipped = bool(config.random_flip and rng.random() < 0.5)
     if flipped:
@@ -80,6 +88,7 @@ def training_dataset(
     shard_count: int = 1,
     caption_transform: Optional[Callable[[Sequence[str]], np.ndarray]] = None,
     caption_key: str = "text",
+    clip_caption: Optional[ClipCaption] = None,
 ) -> grain.IterDataset:
     """This host's rows of an infinite stream of global batches, reshuffled every epoch.
 
@@ -87,13 +96,13 @@ def training_dataset(
     the number of hosts: global batch b holds stream elements [b G, (b + 1) G), and host h reads and
     decodes only rows [h G / H, (h + 1) G / H) of it. Training on 1 or N hosts sees the same data.
     With `caption_transform` (prompts -> array, e.g. embeddings or token ids), batches carry its
-    output under `caption_key` instead of the caption strings.
+    output under `caption_key` instead of the caption strings; `clip_caption` as in `make_clip`.
     """
     if global_batch_size % shard_count:
         raise ValueError(f"global batch size {global_batch_size} is not divisible by {shard_count} hosts")
     per_host = global_batch_size // shard_count
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
-    ds = ds.random_map(lambda example, rng: make_clip(example, config, rng), seed=seed + 1).repeat(None)
+    ds = ds.random_map(lambda example, rng: make_clip(example, config, rng, clip_caption), seed=seed + 1).repeat(None)
     ds = ds.batch(per_host, drop_remainder=True, batch_fn=_stack)[shard_index::shard_count]
     if caption_transform is not None:
         ds = ds.map(lambda batch: _transform_captions(batch, caption_transform, caption_key))

@@ -23,6 +23,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from jax_i2v.config_utils import dtype, unet_config
+from jax_i2v.data import moving_shapes
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
@@ -135,6 +136,8 @@ def _dataset(config: ml_collections.ConfigDict, source, loop: LoopConfig, text: 
         source, clip, loop.batch_size, seed=loop.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
         caption_transform=text.caption_transform,
         caption_key=text.caption_key,
+        # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
+        clip_caption=moving_shapes.clip_caption,
     )
 
 

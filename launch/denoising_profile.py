@@ -51,29 +51,24 @@ def run(args) -> dict:
     conditioned = pipe.unet.config.conditions_on_first_frame
     first, clean = (latents[:, :1], latents[:, 1:]) if conditioned else (None, latents)
     schedule = make_schedule(**config.schedule.to_dict())
-
-    def errors(captions):
-        return denoising_errors(
-            lambda *inputs: apply_unet(pipe.unet, pipe.params, *inputs),
-            schedule,
-            config.objective.prediction_type,
-            clean,
-            first,
-            pipe.text_encoder.encode(captions),
-            jnp.ones((len(clips),), jnp.float32),
-            args.timesteps,
-            jax.random.key(args.seed),
-            noise_alpha=config.objective.get("noise_alpha", 1.0),
-        )
-
     captions = [clip.caption for clip in clips]
-    true, reversed_ = errors(captions), errors([reverse_directions(c) for c in captions])
-    for t in true:
-        true[t]["x0_mse_reversed_caption"] = reversed_[t]["x0_mse"]
+    errors = denoising_errors(
+        lambda *inputs: apply_unet(pipe.unet, pipe.params, *inputs),
+        schedule,
+        config.objective.prediction_type,
+        clean,
+        first,
+        pipe.text_encoder.encode(captions),
+        jnp.ones((len(clips),), jnp.float32),
+        args.timesteps,
+        jax.random.key(args.seed),
+        noise_alpha=config.objective.get("noise_alpha", 1.0),
+        other_texts={"reversed_caption": pipe.text_encoder.encode([reverse_directions(c) for c in captions])},
+    )
     static = jnp.broadcast_to(latents[:, :1], latents[:, 1:].shape)
     return {
         "static_x0_mse": float(jnp.mean(jnp.square(static - latents[:, 1:]))),
-        "timesteps": {str(t): e for t, e in true.items()},
+        "timesteps": {str(t): e for t, e in errors.items()},
         "settings": {"checkpoint": args.checkpoint, "num_videos": args.num_videos, "seed": args.seed},
     }
 

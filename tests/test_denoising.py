@@ -50,6 +50,17 @@ def test_a_model_that_predicts_zero_noise_misses_all_of_it():
         np.testing.assert_allclose(e["x0_mse"], e["eps_mse"] * float(sigma / signal) ** 2, rtol=1e-4)
 
 
+def test_other_texts_are_scored_on_the_same_noisy_samples():
+    def reads_text(noisy, t, text, first, stride):  # the oracle, off by the text's mean
+        return _oracle("epsilon")(noisy, t, text, first, stride) + jnp.mean(text)
+
+    other = {"same": TEXT, "shifted": TEXT + 0.5}
+    errors = denoising_errors(reads_text, SCHEDULE, "epsilon", CLEAN, None, TEXT, STRIDE, (10, 900), jax.random.key(3), other_texts=other)
+    for e in errors.values():
+        assert e["x0_mse"] < 1e-8 and e["x0_mse_same"] == e["x0_mse"]
+        assert e["x0_mse_shifted"] > 1e-4
+
+
 def test_timesteps_outside_the_schedule_are_refused():
     with pytest.raises(ValueError, match="outside"):
         denoising_errors(_oracle("epsilon"), SCHEDULE, "epsilon", CLEAN, None, TEXT, STRIDE, (1000,), jax.random.key(0))

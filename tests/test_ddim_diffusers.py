@@ -21,14 +21,17 @@ def _pair(**overrides):
         set_alpha_to_one=config.set_alpha_to_one,
         prediction_type=config.prediction_type,
         clip_sample=config.clip_sample,
+        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
     )
     return config, reference
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
-def test_alphas_cumprod(beta_schedule):
-    config, reference = _pair(beta_schedule=beta_schedule)
-    np.testing.assert_allclose(config.schedule().alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=2e-6, atol=1e-9)
+@pytest.mark.parametrize("zero_snr", [False, True])
+def test_alphas_cumprod(beta_schedule, zero_snr):
+    config, reference = _pair(beta_schedule=beta_schedule, rescale_betas_zero_snr=zero_snr, prediction_type="v_prediction")
+    # The rescale divides consecutive float32 products, so its cumprod differs in the last bits.
+    np.testing.assert_allclose(config.schedule().alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5 if zero_snr else 2e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -39,11 +42,13 @@ def test_timesteps_for_every_step_count(spacing):
         np.testing.assert_array_equal(ddim_timesteps(steps, config), reference.timesteps.numpy(), err_msg=f"{steps} steps")
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type,zero_snr", [("epsilon", False), ("v_prediction", False), ("v_prediction", True)])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
-def test_steps_match(prediction_type, eta, set_alpha_to_one):
-    config, reference = _pair(prediction_type=prediction_type, set_alpha_to_one=set_alpha_to_one)
+def test_steps_match(prediction_type, zero_snr, eta, set_alpha_to_one):
+    # Trailing spacing starts at t = 999, the pure-noise step of a zero-SNR schedule.
+    config, reference = _pair(prediction_type=prediction_type, set_alpha_to_one=set_alpha_to_one, rescale_betas_zero_snr=zero_snr,
+                              timestep_spacing="trailing" if zero_snr else "leading", steps_offset=0 if zero_snr else 1)
     schedule = config.schedule()
     steps = 50
     reference.set_timesteps(steps)

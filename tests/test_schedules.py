@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.diffusion.schedules import add_noise, make_schedule, pyoco_mixed_noise, split_prediction, velocity
 
 
@@ -19,6 +20,21 @@ def test_scaled_linear_is_linear_in_sqrt_beta():
     betas = np.asarray(make_schedule("scaled_linear").betas, np.float64)
     np.testing.assert_allclose(np.diff(np.sqrt(betas)), np.diff(np.sqrt(betas))[0], rtol=1e-3)
     assert betas[0] == pytest.approx(0.00085, rel=1e-5) and betas[-1] == pytest.approx(0.012, rel=1e-5)
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+def test_zero_terminal_snr_keeps_the_first_step_and_ends_in_pure_noise(beta_schedule):
+    plain = np.sqrt(np.asarray(make_schedule(beta_schedule).alphas_cumprod, np.float64))
+    rescaled = np.sqrt(np.asarray(make_schedule(beta_schedule, rescale_betas_zero_snr=True).alphas_cumprod, np.float64))
+    assert rescaled[-1] == 0.0 and rescaled[0] == pytest.approx(plain[0], rel=1e-6)
+    # Lin et al.: sqrt(alpha_bar) is shifted and scaled, an affine map of the original.
+    slope = (plain[0] - plain[-1]) ** -1 * plain[0]
+    np.testing.assert_allclose(rescaled, (plain - plain[-1]) * slope, atol=2e-6)
+
+
+def test_zero_terminal_snr_needs_v_prediction():
+    with pytest.raises(ValueError, match="v_prediction"):
+        DDIMConfig(rescale_betas_zero_snr=True, prediction_type="epsilon")
 
 
 @pytest.mark.parametrize("kwargs", [dict(beta_schedule="cosine"), dict(beta_start=0.1, beta_end=0.01), dict(num_train_timesteps=1)])

@@ -67,6 +67,7 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     (["--config.train.batch_size=abc"], 1, "error: "),
     (["--config.train.sample_every=-1"], 1, "error: config.train: steps and sample_every must be integers >= 0"),
     (["--config.train.time_limit_minutes=-1"], 1, "error: config.train: time_limit_minutes must be a number >= 0"),
+    (["--config.train.temporal_mixer_init=1.5"], 1, "error: config.train: temporal_mixer_init must be in [0, 1]"),
     (["--config.data.build_if_missing=False"], 1, "error: dataset directory"),
     (["--config.train.batch_size=6"], 8, "error: global batch size 6 is not divisible by data x fsdp = 8"),
 ])

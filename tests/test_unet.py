@@ -6,9 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from jax_i2v.models import UNetConfig, build_unet, map_mixers
+from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import dummy_inputs
+from jax_i2v.train.loop import initial_params
 
 
 def _inputs(config, key, batch=2, frames=5, hw=(8, 8), text_len=7):
@@ -212,3 +215,18 @@ def test_dummy_inputs_initialise_every_mode():
         config = _tiny_config(first_frame_condition_mode=mode)
         shapes = jax.eval_shape(lambda: build_unet(config).init(jax.random.key(0), **dummy_inputs(config)))
         assert "conv_in" in shapes["params"]
+
+
+def test_initial_temporal_mixers_switch_frame_mixing_on_or_off(reference_unet, reference_apply):
+    """Training from scratch starts the alphas at `train.temporal_mixer_init`: at 1 frames are
+    processed independently, at 0 the fresh temporal layers already mix them."""
+    model, _ = reference_unet
+    text = text_conditioning({"kind": "hashed"}, 7, model.config.cross_attention_dim)
+    inputs = _inputs(model.config, jax.random.key(2))
+    perturbed = dict(inputs, sample=inputs["sample"].at[:, 3].add(1.0))
+    for mixer_init, mixes in ((1.0, False), (0.0, True)):
+        params = initial_params(jax.random.key(0), model, text, mixer_init)
+        alphas = [leaf for path, leaf in traverse_util.flatten_dict(params).items() if path[-1] == "alpha"]
+        assert alphas and all(float(a[0]) == mixer_init for a in alphas)
+        change = np.abs(np.asarray(reference_apply(params, **inputs))[:, 0] - np.asarray(reference_apply(params, **perturbed))[:, 0]).max()
+        assert (change > 1e-3) == mixes, (mixer_init, change)

@@ -18,6 +18,9 @@ from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 _SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_003}
 
 
+_SHAPE_AND_MOTION = ("min_radius", "max_radius", "min_speed", "max_speed")
+
+
 @dataclasses.dataclass
 class MovingShapesBuilderConfig(tfds.core.BuilderConfig):
     num_frames: int = 32
@@ -26,9 +29,15 @@ class MovingShapesBuilderConfig(tfds.core.BuilderConfig):
     train_examples: int = 2000
     test_examples: int = 64
     seed: int = 0
+    # Object sizes and speeds, fractions of the resolution (per frame for speeds).
+    min_radius: float = MovingShapesConfig.min_radius
+    max_radius: float = MovingShapesConfig.max_radius
+    min_speed: float = MovingShapesConfig.min_speed
+    max_speed: float = MovingShapesConfig.max_speed
 
     def generator_config(self) -> MovingShapesConfig:
-        return MovingShapesConfig(num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects)
+        shape_and_motion = {name: getattr(self, name) for name in _SHAPE_AND_MOTION}
+        return MovingShapesConfig(num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, **shape_and_motion)
 
 
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
@@ -71,7 +80,8 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
 
 def builder_config(**config) -> MovingShapesBuilderConfig:
     """A builder config from MovingShapesBuilderConfig fields (num_frames, resolution, max_objects,
-    train_examples, test_examples, seed); its name encodes them, so different settings coexist."""
+    train_examples, test_examples, seed, min/max_radius, min/max_speed); its name encodes them, so
+    different settings coexist."""
     fields = {f.name for f in dataclasses.fields(MovingShapesBuilderConfig)} - {
         f.name for f in dataclasses.fields(tfds.core.BuilderConfig)
     }
@@ -81,6 +91,9 @@ def builder_config(**config) -> MovingShapesBuilderConfig:
     defaults = MovingShapesBuilderConfig(name="defaults")
     values = {name: config.get(name, getattr(defaults, name)) for name in sorted(fields)}
     name = "f{num_frames}_r{resolution}_o{max_objects}_n{train_examples}-{test_examples}_s{seed}".format(**values)
+    if any(values[k] != getattr(defaults, k) for k in _SHAPE_AND_MOTION):  # default names stay as they were
+        name += "_rad{min_radius:g}-{max_radius:g}_v{min_speed:g}-{max_speed:g}".format(**values)
+    MovingShapesConfig(**{k: values[k] for k in _SHAPE_AND_MOTION})  # bad ranges fail here, before a build
     return MovingShapesBuilderConfig(name=name, **values)
 
 

@@ -19,7 +19,7 @@ from jax_i2v.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES, NoiseS
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # diffusers scheduler_config.json keys that do not change what DDIM computes here.
 _IGNORED_DIFFUSERS_KEYS = {"_class_name", "_diffusers_version", "skip_prk_steps", "trained_betas", "variance_type"}
-_UNSUPPORTED_IF_SET = {"thresholding": False, "rescale_betas_zero_snr": False}
+_UNSUPPORTED_IF_SET = {"thresholding": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,7 @@ class DDIMConfig:
     prediction_type: str = "epsilon"
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self):
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -44,9 +45,11 @@ class DDIMConfig:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr needs prediction_type='v_prediction': at zero SNR the clean sample cannot be recovered from a noise prediction")
 
     def schedule(self) -> NoiseSchedule:
-        return make_schedule(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps)
+        return make_schedule(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.rescale_betas_zero_snr)
 
     @classmethod
     def from_diffusers(cls, scheduler_config: Mapping[str, Any]) -> "DDIMConfig":

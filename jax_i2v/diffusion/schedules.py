@@ -35,8 +35,15 @@ def make_schedule(
     beta_start: float = 0.00085,
     beta_end: float = 0.012,
     num_train_timesteps: int = 1000,
+    rescale_betas_zero_snr: bool = False,
 ) -> NoiseSchedule:
-    """The DDPM schedule. ConsistI2V trains with "linear" 0.00085..0.012 (not SD's "scaled_linear")."""
+    """The DDPM schedule. ConsistI2V trains with "linear" 0.00085..0.012 (not SD's "scaled_linear").
+
+    `rescale_betas_zero_snr` shifts and scales sqrt(alpha_bar) so that the last timestep is pure
+    noise (Lin et al. 2024, Algorithm 1; diffusers' option of the same name). Without it the last
+    timestep keeps a little of the clip (linear: sqrt(alpha_bar_999) = 0.04), which a model learns to
+    read, and sampling from pure noise then reads a random clip instead. It needs v-prediction.
+    """
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     if num_train_timesteps < 2 or not 0.0 < beta_start <= beta_end < 1.0:
@@ -49,8 +56,19 @@ def make_schedule(
         betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float32)
     else:
         betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float32) ** 2
+    if rescale_betas_zero_snr:
+        betas = _zero_terminal_snr(betas)
     alphas_cumprod = np.cumprod(1.0 - betas, dtype=np.float32)
     return NoiseSchedule(betas=jnp.asarray(betas), alphas_cumprod=jnp.asarray(alphas_cumprod))
+
+
+def _zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    root = np.sqrt(np.cumprod(1.0 - betas, dtype=np.float32))
+    first, last = root[0].copy(), root[-1].copy()
+    root = (root - last) * (first / (first - last))
+    alphas_cumprod = root**2
+    alphas = np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
+    return (1.0 - alphas).astype(np.float32)
 
 
 def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:

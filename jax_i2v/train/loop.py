@@ -9,6 +9,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -29,7 +31,7 @@ from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.text_encoder import TextConditioning, text_conditioning
-from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
+from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, build_unet, dummy_inputs, map_mixers
 from jax_i2v.models.vae import LatentCodec, latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
@@ -103,6 +105,11 @@ class LoopConfig:
     # Wall-clock budget of one invocation in minutes, compilation included (0: none): the run then
     # stops at the first logged step past it, saving a checkpoint and sample videos as at the end.
     time_limit_minutes: float = 0.0
+    # Initial value of every temporal alpha mixer (output = alpha * input + (1 - alpha) * temporal
+    # layer). 1, the reference's, starts the temporal layers switched off, which suits inflating a
+    # pretrained image UNet; from scratch, 0 (plain residual layers) lets frames learn their motion
+    # from step 0 instead of waiting for Adam to walk each alpha down.
+    temporal_mixer_init: float = 1.0
 
     def __post_init__(self):
         positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps")
@@ -114,6 +121,8 @@ class LoopConfig:
             raise ValueError(f"steps and sample_every must be integers >= 0, got {self.steps!r}, {self.sample_every!r}")
         if not isinstance(self.time_limit_minutes, (int, float)) or self.time_limit_minutes < 0:
             raise ValueError(f"time_limit_minutes must be a number >= 0, got {self.time_limit_minutes!r}")
+        if not isinstance(self.temporal_mixer_init, (int, float)) or not 0.0 <= self.temporal_mixer_init <= 1.0:
+            raise ValueError(f"temporal_mixer_init must be in [0, 1], got {self.temporal_mixer_init!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
 
@@ -167,6 +176,17 @@ def _global_batch(local: dict, mesh, caption_key: str, codec: LatentCodec) -> di
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in arrays.items()}
 
 
+def initial_params(rng: jax.Array, model: VideoUNet, text: TextConditioning, temporal_mixer_init: float = 1.0) -> Any:
+    """Fresh params: the UNet's (its alpha mixers at `temporal_mixer_init`), and {"unet", "text"}
+    when the caption encoder trains too."""
+    unet_rng, text_rng = jax.random.split(rng)
+    unet = model.init(unet_rng, **dummy_inputs(model.config))["params"]
+    unet = map_mixers(lambda alpha: jnp.full_like(alpha, temporal_mixer_init), unet)
+    if text.module is None:
+        return unet
+    return {"unet": unet, "text": text.module.init(text_rng, text.null_caption[None])["params"]}
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until `config.train.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
@@ -188,13 +208,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     text = text_conditioning(config.get("text_encoder"), config.data.text_len, model.config.cross_attention_dim)
     codec = latent_codec(config)
 
-    def init_params(rng):
-        unet_rng, text_rng = jax.random.split(rng)
-        unet = model.init(unet_rng, **dummy_inputs(model.config))["params"]
-        if text.module is None:
-            return unet
-        return {"unet": unet, "text": text.module.init(text_rng, text.null_caption[None])["params"]}
-
+    init_params = functools.partial(initial_params, model=model, text=text, temporal_mixer_init=loop.temporal_mixer_init)
     init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
     use_ema = step_config.ema_decay > 0
     abstract = abstract_train_state(init_params, optimizer, init_rng, use_ema)

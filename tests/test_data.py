@@ -122,6 +122,23 @@ def test_tfds_build_and_load_round_trip(built):
         load_moving_shapes(data_dir, **{**settings, "seed": 7})
 
 
+def test_object_sizes_and_speeds_are_dataset_settings(built):
+    data_dir, settings = built
+    slow = dict(settings, train_examples=6, min_speed=0.01, max_speed=0.02, min_radius=0.2, max_radius=0.25)
+    build_moving_shapes(data_dir, **slow)
+    source = load_moving_shapes(data_dir, "train", **slow)
+    assert len(source) == 6 and len(load_moving_shapes(data_dir, "train", **settings)) == 24  # side by side
+    for i in range(6):
+        example = source[i]
+        n = int(example["num_objects"])
+        steps = np.abs(np.diff(example["positions"][:, :n], axis=0)).max(axis=-1)  # (T-1, n), one axis moves
+        speeds = np.median(steps, axis=0) / 16  # bounces shorten a few steps
+        assert np.all((speeds >= 0.01 - 1e-4) & (speeds <= 0.02 + 1e-4)), speeds
+        assert example["masks"][0, :n].sum(axis=(-2, -1)).max() >= 0.2**2 * 16**2  # radius >= 0.2 * 16 px
+    with pytest.raises(ValueError, match="bad radius or speed"):
+        build_moving_shapes(data_dir, **dict(settings, min_speed=0.1, max_speed=0.05))
+
+
 def test_hosts_see_their_rows_of_the_same_global_batches_and_resume_exactly(built):
     data_dir, settings = built
     source = load_moving_shapes(data_dir, "train", **settings)

@@ -4,6 +4,7 @@ tests and smoke runs of the training loop, where compile time matters more than 
 import os
 
 from jax_i2v.config_utils import load_config
+from jax_i2v.data.moving_shapes import MovingShapesConfig
 
 
 def get_config():
@@ -22,8 +23,8 @@ def get_config():
     config.data.update(frames=4, resolution=16, latent_size=8, latent_channels=12, text_len=6)
     # The generator's default sizes and speeds: tiny's slow objects move under a pixel in 16x16 clips,
     # too little for the benchmark's ground-truth checks.
-    config.data.dataset.update(num_frames=8, resolution=16, train_examples=64, test_examples=4,
-                               min_radius=0.08, max_radius=0.16, min_speed=0.02, max_speed=0.05)
+    generator_defaults = {k: getattr(MovingShapesConfig, k) for k in ("min_radius", "max_radius", "min_speed", "max_speed")}
+    config.data.dataset.update(num_frames=8, resolution=16, train_examples=64, test_examples=4, **generator_defaults)
     config.train.update(
         batch_size=4, steps=20, log_every=1, checkpoint_every=5, sample_every=0, sample_steps=3, ema_decay=0.0, time_limit_minutes=0.0
     )

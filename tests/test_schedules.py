@@ -28,7 +28,7 @@ def test_zero_terminal_snr_keeps_the_first_step_and_ends_in_pure_noise(beta_sche
     rescaled = np.sqrt(np.asarray(make_schedule(beta_schedule, rescale_betas_zero_snr=True).alphas_cumprod, np.float64))
     assert rescaled[-1] == 0.0 and rescaled[0] == pytest.approx(plain[0], rel=1e-6)
     # Lin et al.: sqrt(alpha_bar) is shifted and scaled, an affine map of the original.
-    slope = (plain[0] - plain[-1]) ** -1 * plain[0]
+    slope = plain[0] / (plain[0] - plain[-1])
     np.testing.assert_allclose(rescaled, (plain - plain[-1]) * slope, atol=2e-6)
 
 

@@ -93,8 +93,9 @@ def builder_config(**config) -> MovingShapesBuilderConfig:
     name = "f{num_frames}_r{resolution}_o{max_objects}_n{train_examples}-{test_examples}_s{seed}".format(**values)
     if any(values[k] != getattr(defaults, k) for k in _SHAPE_AND_MOTION):  # default names stay as they were
         name += "_rad{min_radius:g}-{max_radius:g}_v{min_speed:g}-{max_speed:g}".format(**values)
-    MovingShapesConfig(**{k: values[k] for k in _SHAPE_AND_MOTION})  # bad ranges fail here, before a build
-    return MovingShapesBuilderConfig(name=name, **values)
+    result = MovingShapesBuilderConfig(name=name, **values)
+    result.generator_config()  # bad settings fail here, before a build
+    return result
 
 
 def build_moving_shapes(data_dir: str, **config) -> MovingShapes:

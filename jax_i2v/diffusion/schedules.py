@@ -64,7 +64,7 @@ def make_schedule(
 
 def _zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     root = np.sqrt(np.cumprod(1.0 - betas, dtype=np.float32))
-    first, last = root[0].copy(), root[-1].copy()
+    first, last = root[0], root[-1]
     root = (root - last) * (first / (first - last))
     alphas_cumprod = root**2
     alphas = np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])

@@ -1,4 +1,4 @@
-"""diffusers-layout UNet checkpoints <-> Flax params (no torch needed).
+"""diffusers-layout model folders (the UNet, the VAE) <-> Flax params (no torch needed).
 
 A diffusers folder holds `config.json` and `diffusion_pytorch_model.safetensors`
 with PyTorch state-dict names such as `down_blocks.0.tempo_attns.1.transformer_blocks.0.attn1.to_q.weight`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from jax_i2v.models.autoencoder_kl import AutoencoderKLConfig, KLCodec, vae_param_shapes
 from jax_i2v.models.config import (
     DEAD_ROTARY_BIAS_BUCKETS,
     DEAD_TEMPORAL_TEMB_DIM,
@@ -106,12 +107,18 @@ def param_shapes(model: VideoUNet) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {path: leaf.shape for path, leaf in traverse_util.flatten_dict(tree).items()}
 
 
-def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: VideoUNet, source: str = "state dict") -> Params:
-    """Reference state dict -> Flax params tree, checking every key and shape."""
-    expected = param_shapes(model)
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    expected: Mapping[tuple[str, ...], tuple[int, ...]],
+    source: str,
+    what: str,
+    skip: Optional[re.Pattern] = None,
+) -> dict[tuple[str, ...], np.ndarray]:
+    """PyTorch state dict -> flat {Flax path: array}, checking every key and shape against
+    `expected` (flat {path: shape}); errors name `source` (the file) and each offending key."""
     flat, unknown, mismatched = {}, [], []
     for key, value in state_dict.items():
-        if _DEAD_KEY.search(key):
+        if skip is not None and skip.search(key):
             continue
         value = np.asarray(value)
         try:
@@ -126,8 +133,6 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: VideoUNet,
         if converted.shape != expected[path]:
             mismatched.append(f"{key}: got {value.shape}, expected {expected[path]} (Flax layout)")
             continue
-        if path[-1] == "alpha":
-            converted = np.clip(converted, 0.0, 1.0)
         flat[path] = converted
     missing = sorted(flax_path_to_torch_key(p) for p in expected if p not in flat)
     errors = []
@@ -138,7 +143,14 @@ def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: VideoUNet,
     if missing:
         errors.append(f"missing keys {missing}")
     if errors:
-        raise ValueError(f"{source} does not match the UNet config: " + "; ".join(errors))
+        raise ValueError(f"{source} does not match {what}: " + "; ".join(errors))
+    return flat
+
+
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: VideoUNet, source: str = "state dict") -> Params:
+    """Reference state dict -> Flax params tree, checking every key and shape."""
+    flat = convert_state_dict(state_dict, param_shapes(model), source, "the UNet config", skip=_DEAD_KEY)
+    flat = {path: np.clip(v, 0.0, 1.0) if path[-1] == "alpha" else v for path, v in flat.items()}
     return traverse_util.unflatten_dict(flat)
 
 
@@ -164,7 +176,8 @@ def params_to_state_dict(params: Params, config: UNetConfig) -> dict[str, np.nda
 
 
 def read_unet_config(unet_dir: str) -> UNetConfig:
-    path = os.path.join(unet_dir, CONFIG_NAME)
+    """Reads `unet_dir/config.json`; `unet_dir` may also name the JSON file itself."""
+    path = unet_dir if unet_dir.endswith(".json") else os.path.join(unet_dir, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no UNet config at {path}")
     with open(path) as f:
@@ -192,10 +205,56 @@ def load_unet(unet_dir: str, dtype=jnp.float32, param_dtype=jnp.float32, **model
 
 def save_unet(unet_dir: str, config: UNetConfig, params: Params) -> None:
     """Writes `config.json` + `diffusion_pytorch_model.safetensors` that the reference code loads."""
-    os.makedirs(unet_dir, exist_ok=True)
-    state_dict = params_to_state_dict(jax.device_get(params), config)
-    tmp = os.path.join(unet_dir, WEIGHTS_NAME + ".tmp")
-    save_file(state_dict, tmp)
-    os.replace(tmp, os.path.join(unet_dir, WEIGHTS_NAME))
-    with open(os.path.join(unet_dir, CONFIG_NAME), "w") as f:
-        json.dump(config.to_diffusers(), f, indent=2)
+    _write_model_folder(unet_dir, params_to_state_dict(jax.device_get(params), config), config.to_diffusers())
+
+
+def _write_model_folder(folder: str, state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
+    """The weights first (atomically), then the config, so a folder with a config is complete."""
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, WEIGHTS_NAME + ".tmp")
+    save_file(dict(state_dict), tmp)
+    os.replace(tmp, os.path.join(folder, WEIGHTS_NAME))
+    with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def _read_model_folder(folder: str, what: str) -> tuple[dict, dict[str, np.ndarray], str]:
+    """(config dict, state dict, weights path) of a diffusers model folder, or an error naming the
+    missing file."""
+    config_path, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
+    for path in (config_path, weights):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {what} {'config' if path == config_path else 'weights'} at {path}")
+    with open(config_path) as f:
+        return json.load(f), load_file(weights), weights
+
+
+# Attention names of VAE checkpoints written before diffusers 0.14, renamed as diffusers renames them.
+_LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+_LEGACY_VAE_KEY = re.compile(r"\.attentions\.(\d+)\.(query|key|value|proj_attn)\.")
+
+
+def _modern_vae_key(key: str) -> str:
+    return _LEGACY_VAE_KEY.sub(lambda m: f".attentions.{m.group(1)}.{_LEGACY_VAE_ATTENTION[m.group(2)]}.", key)
+
+
+def load_vae(vae_dir: str, decode_chunk: int = 8, dtype=jnp.float32) -> KLCodec:
+    """Loads a diffusers `vae/` folder (AutoencoderKL) as a latent codec."""
+    config_dict, state_dict, weights = _read_model_folder(vae_dir, "VAE")
+    try:
+        config = AutoencoderKLConfig.from_diffusers(config_dict)
+    except ValueError as e:
+        raise ValueError(f"{os.path.join(vae_dir, CONFIG_NAME)}: {e}") from e
+    state_dict = {_modern_vae_key(k): v for k, v in state_dict.items()}
+    flat = convert_state_dict(state_dict, vae_param_shapes(config), weights, "the VAE config")
+    params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat))
+    return KLCodec(config, params, decode_chunk=decode_chunk, dtype=dtype)
+
+
+def save_vae(vae_dir: str, codec: KLCodec) -> None:
+    """Writes a diffusers `vae/` folder that `AutoencoderKL.from_pretrained` loads."""
+    state_dict = {
+        flax_path_to_torch_key(path): np.ascontiguousarray(_flax_to_torch_array(np.asarray(v, np.float32), None))
+        for path, v in traverse_util.flatten_dict(jax.device_get(codec.params)).items()
+    }
+    _write_model_folder(vae_dir, state_dict, codec.config.to_diffusers())

@@ -58,8 +58,7 @@ def _median_ms(fn, args, warmup, iters):
 
 
 def run(args) -> dict:
-    path = args.unet_config
-    config = read_unet_config(path.rsplit("/", 1)[0] if path.endswith(".json") else path)
+    config = read_unet_config(args.unet_config)
     model = build_unet(config, dtype=DTYPES[args.dtype], attention_implementation=args.attention)
     height, width = args.latent_hw
     keys = jax.random.split(jax.random.key(args.seed), 3)

@@ -187,21 +187,7 @@ class UNetConfig:
         Options this implementation does not support must hold their diffusers
         default; unknown keys are an error, so nothing is silently ignored.
         """
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs, unknown, unsupported = {}, [], []
-        for key, value in cfg.items():
-            if key in fields:
-                kwargs[key] = tuple(value) if isinstance(value, list) else value
-            elif key in _FIXED_DIFFUSERS_OPTIONS:
-                if value != _FIXED_DIFFUSERS_OPTIONS[key]:
-                    unsupported.append(f"{key}={value!r} (supported: {_FIXED_DIFFUSERS_OPTIONS[key]!r})")
-            elif key not in _IGNORED_DIFFUSERS_KEYS:
-                unknown.append(key)
-        if unknown:
-            raise ValueError(f"UNet config.json has unknown keys: {sorted(unknown)}")
-        if unsupported:
-            raise ValueError(f"UNet config.json uses unsupported options: {unsupported}")
-        return cls(**kwargs)
+        return from_diffusers_dict(cls, cfg, _FIXED_DIFFUSERS_OPTIONS, _IGNORED_DIFFUSERS_KEYS, "UNet")
 
     def to_diffusers(self) -> dict[str, Any]:
         """The config.json dict the reference `VideoLDMUNet3DConditionModel` accepts."""
@@ -211,3 +197,24 @@ class UNetConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out.update(_FIXED_DIFFUSERS_OPTIONS)
         return out
+
+
+def from_diffusers_dict(cls, cfg: Mapping[str, Any], fixed: Mapping[str, Any], ignored, what: str):
+    """`cls(**fields)` from a diffusers `config.json` dict: keys that are dataclass fields are
+    taken (lists as tuples), keys in `fixed` must hold the one value supported, keys in `ignored`
+    are dropped, anything else is an error naming the key."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs, unknown, unsupported = {}, [], []
+    for key, value in cfg.items():
+        if key in fields:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+        elif key in fixed:
+            if value != fixed[key]:
+                unsupported.append(f"{key}={value!r} (supported: {fixed[key]!r})")
+        elif key not in ignored:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{what} config.json has unknown keys: {sorted(unknown)}")
+    if unsupported:
+        raise ValueError(f"{what} config.json uses unsupported options: {unsupported}")
+    return cls(**kwargs)

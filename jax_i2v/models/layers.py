@@ -75,7 +75,8 @@ class TimestepEmbedding(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """diffusers ResnetBlock2D applied to every frame; temb is (B, T) per video."""
+    """diffusers ResnetBlock2D applied to every frame; temb is (B, T) per video, or None for
+    blocks without a time embedding (the VAE's)."""
 
     out_channels: int
     groups: int
@@ -84,12 +85,13 @@ class ResnetBlock2D(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, temb):
+    def __call__(self, x, temb=None):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.silu(frame_group_norm(self.groups, self.eps, name="norm1", **kw)(x))
         h = nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv1", **kw)(h)
-        t = nn.Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))
-        h = h + t[:, None, None, None, :]
+        if temb is not None:
+            t = nn.Dense(self.out_channels, name="time_emb_proj", **kw)(nn.silu(temb))
+            h = h + t[:, None, None, None, :]
         h = nn.silu(frame_group_norm(self.groups, self.eps, name="norm2", **kw)(h))
         h = nn.Conv(self.out_channels, (3, 3), padding=((1, 1), (1, 1)), name="conv2", **kw)(h)
         if x.shape[-1] != self.out_channels:

@@ -1,7 +1,7 @@
 """Latent codecs: what maps pixels to the UNet's latent space and back.
 
 Pixels are float32 `(N, H, W, 3)` in [-1, 1]; latents `(N, H / f, W / f, C)` with f =
-`downsample_factor`. The SD AutoencoderKL implements the same interface.
+`downsample_factor`. The SD VAE implements the same interface (`KLCodec`, autoencoder_kl.py).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import einops
 import jax
 import ml_collections
 import numpy as np
+
+from jax_i2v.config_utils import dtype
+from jax_i2v.convert import load_vae
 
 
 class LatentCodec(Protocol):
@@ -124,10 +127,13 @@ def latent_codec(config: ml_collections.ConfigDict) -> LatentCodec:
         codec = SpaceToDepth(**spec)
     elif kind == "block_dct" and set(spec) <= {"factor", "frequencies", "shift_factor", "scaling_factor"}:
         codec = BlockDCT(**spec)
+    elif kind == "autoencoder_kl" and "dir" in spec and set(spec) <= {"dir", "decode_chunk"}:
+        codec = load_vae(spec["dir"], decode_chunk=spec.get("decode_chunk", 8), dtype=dtype(config.get("dtype", "float32")))
     else:
         raise ValueError(
-            "codec: expected kind 'pixels', 'space_to_depth' (with factor, shift_factor, scaling_factor) or "
-            f"'block_dct' (with factor, frequencies, shift_factor, scaling_factor), got {config.codec}"
+            "codec: expected kind 'pixels', 'space_to_depth' (with factor, shift_factor, scaling_factor), "
+            "'block_dct' (with factor, frequencies, shift_factor, scaling_factor) or 'autoencoder_kl' (with dir: a "
+            f"diffusers vae/ folder, and optionally decode_chunk), got {config.codec}"
         )
     data = config.data
     expected = (data.resolution // codec.downsample_factor, codec.latent_channels)

@@ -1,4 +1,4 @@
-"""diffusers-layout model folders (the UNet, the VAE) <-> Flax params (no torch needed).
+"""diffusers-layout model folders (the UNet, the VAE, the CLIP text encoder) <-> Flax params (no torch needed).
 
 A diffusers folder holds `config.json` and `diffusion_pytorch_model.safetensors`
 with PyTorch state-dict names such as `down_blocks.0.tempo_attns.1.transformer_blocks.0.attn1.to_q.weight`.
@@ -21,6 +21,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from jax_i2v.models.autoencoder_kl import AutoencoderKLConfig, KLCodec, vae_param_shapes
+from jax_i2v.models.clip import CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer, clip_param_shapes
 from jax_i2v.models.config import (
     DEAD_ROTARY_BIAS_BUCKETS,
     DEAD_TEMPORAL_TEMB_DIM,
@@ -44,7 +45,10 @@ _INDEXED = (
     "upsamplers",
     "to_out",
     "net",
+    "layers",
 )
+# PyTorch nn.Embedding tables: (num, dim) in both layouts, `embedding` in Flax.
+_EMBEDDING_KEY = re.compile(r"(^|\.)(token|position)_embedding\.weight$")
 # Weights the reference stores but never uses: skipped on load, written as zeros on export.
 _DEAD_KEY = re.compile(r"(conv3ds\.\d+\.time_emb_proj\.(weight|bias)|rotary_bias\.relative_attention_bias\.weight)$")
 _INDEXED_FLAX = re.compile(r"^(%s)_(\d+)$" % "|".join(_INDEXED))
@@ -63,7 +67,9 @@ def torch_key_to_flax_path(key: str, ndim: int) -> tuple[str, ...]:
         else:
             path.append(part)
     leaf = parts[-1]
-    if leaf == "weight":
+    if _EMBEDDING_KEY.search(key):
+        leaf = "embedding"
+    elif leaf == "weight":
         leaf = "kernel" if ndim > 1 else "scale"
     return tuple(path) + (leaf,)
 
@@ -74,7 +80,7 @@ def flax_path_to_torch_key(path: tuple[str, ...]) -> str:
         m = _INDEXED_FLAX.match(name)
         parts.extend([m.group(1), m.group(2)] if m else [name])
     leaf = path[-1]
-    parts.append("weight" if leaf in ("kernel", "scale") else leaf)
+    parts.append("weight" if leaf in ("kernel", "scale", "embedding") else leaf)
     return ".".join(parts)
 
 
@@ -129,7 +135,7 @@ def convert_state_dict(
         if path not in expected:
             unknown.append(key)
             continue
-        converted = _torch_to_flax_array(value, expected[path])
+        converted = value if path[-1] == "embedding" else _torch_to_flax_array(value, expected[path])
         if converted.shape != expected[path]:
             mismatched.append(f"{key}: got {value.shape}, expected {expected[path]} (Flax layout)")
             continue
@@ -208,20 +214,22 @@ def save_unet(unet_dir: str, config: UNetConfig, params: Params) -> None:
     _write_model_folder(unet_dir, params_to_state_dict(jax.device_get(params), config), config.to_diffusers())
 
 
-def _write_model_folder(folder: str, state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
+def _write_model_folder(
+    folder: str, state_dict: Mapping[str, np.ndarray], config: Mapping[str, Any], weights_name: str = WEIGHTS_NAME
+) -> None:
     """The weights first (atomically), then the config, so a folder with a config is complete."""
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, WEIGHTS_NAME + ".tmp")
-    save_file(dict(state_dict), tmp)
-    os.replace(tmp, os.path.join(folder, WEIGHTS_NAME))
+    tmp = os.path.join(folder, weights_name + ".tmp")
+    save_file(dict(state_dict), tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(folder, weights_name))
     with open(os.path.join(folder, CONFIG_NAME), "w") as f:
         json.dump(config, f, indent=2)
 
 
-def _read_model_folder(folder: str, what: str) -> tuple[dict, dict[str, np.ndarray], str]:
+def _read_model_folder(folder: str, what: str, weights_name: str = WEIGHTS_NAME) -> tuple[dict, dict[str, np.ndarray], str]:
     """(config dict, state dict, weights path) of a diffusers model folder, or an error naming the
     missing file."""
-    config_path, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, WEIGHTS_NAME)
+    config_path, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, weights_name)
     for path in (config_path, weights):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {what} {'config' if path == config_path else 'weights'} at {path}")
@@ -251,10 +259,41 @@ def load_vae(vae_dir: str, decode_chunk: int = 8, dtype=jnp.float32) -> KLCodec:
     return KLCodec(config, params, decode_chunk=decode_chunk, dtype=dtype)
 
 
+def _export_state_dict(params: Params, prefix: str = "") -> dict[str, np.ndarray]:
+    """Flax params -> PyTorch state dict for models whose Dense layers are all nn.Linear."""
+    out = {}
+    for path, value in traverse_util.flatten_dict(jax.device_get(params)).items():
+        value = np.asarray(value, np.float32)
+        value = value if path[-1] == "embedding" else _flax_to_torch_array(value, None)
+        out[prefix + flax_path_to_torch_key(path)] = np.ascontiguousarray(value)
+    return out
+
+
 def save_vae(vae_dir: str, codec: KLCodec) -> None:
     """Writes a diffusers `vae/` folder that `AutoencoderKL.from_pretrained` loads."""
-    state_dict = {
-        flax_path_to_torch_key(path): np.ascontiguousarray(_flax_to_torch_array(np.asarray(v, np.float32), None))
-        for path, v in traverse_util.flatten_dict(jax.device_get(codec.params)).items()
-    }
-    _write_model_folder(vae_dir, state_dict, codec.config.to_diffusers())
+    _write_model_folder(vae_dir, _export_state_dict(codec.params), codec.config.to_diffusers())
+
+
+# transformers' CLIPTextModel weights; checkpoints from before transformers 5 prefix every key.
+TEXT_WEIGHTS_NAME = "model.safetensors"
+_TEXT_MODEL_PREFIX = "text_model."
+
+
+def load_text_encoder(text_encoder_dir: str, tokenizer_dir: str, dtype=jnp.float32) -> CLIPTextEncoder:
+    """Loads a diffusers pipeline's `text_encoder/` (CLIPTextModel) and `tokenizer/` folders."""
+    config_dict, state_dict, weights = _read_model_folder(text_encoder_dir, "text encoder", TEXT_WEIGHTS_NAME)
+    try:
+        config = CLIPTextConfig.from_transformers(config_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{os.path.join(text_encoder_dir, CONFIG_NAME)}: {e}") from e
+    state_dict = {k.removeprefix(_TEXT_MODEL_PREFIX): v for k, v in state_dict.items()}
+    state_dict.pop("embeddings.position_ids", None)  # a buffer older transformers saved
+    flat = convert_state_dict(state_dict, clip_param_shapes(config), weights, "the text encoder config")
+    params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat))
+    return CLIPTextEncoder(config, params, CLIPTokenizer.from_folder(tokenizer_dir), dtype=dtype)
+
+
+def save_text_encoder(text_encoder_dir: str, encoder: CLIPTextEncoder) -> None:
+    """Writes a `text_encoder/` folder in the layout every transformers version loads."""
+    state_dict = _export_state_dict(encoder.params, _TEXT_MODEL_PREFIX)
+    _write_model_folder(text_encoder_dir, state_dict, encoder.config.to_transformers(), TEXT_WEIGHTS_NAME)

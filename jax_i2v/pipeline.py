@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, Optional, Sequence
 
 import jax
@@ -19,17 +21,34 @@ import tqdm
 
 from jax_i2v import media
 from jax_i2v.config_utils import config_from_dict, dtype, unet_config
+from jax_i2v.convert import load_text_encoder, load_unet, load_vae, save_text_encoder, save_unet, save_vae
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
 from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
 from jax_i2v.diffusion.guidance import guidance_mode
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
+from jax_i2v.models.autoencoder_kl import KLCodec
+from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import VideoUNet, apply_unet, build_unet
 from jax_i2v.models.vae import LatentCodec, PixelSpace, latent_codec
 from jax_i2v.text import TextEncoder
 from jax_i2v.train.checkpoint import load_for_inference
+
+
+MODEL_INDEX_NAME = "model_index.json"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+PIPELINE_FILES = (MODEL_INDEX_NAME, "unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# The released checkpoint's pipeline class and components (the reference repository's module paths).
+MODEL_INDEX = {
+    "_class_name": "ConditionalAnimationPipeline",
+    "unet": ["consisti2v.models.videoldm_unet", "VideoLDMUNet3DConditionModel"],
+    "vae": ["diffusers", "AutoencoderKL"],
+    "text_encoder": ["transformers", "CLIPTextModel"],
+    "tokenizer": ["transformers", "CLIPTokenizer"],
+    "scheduler": ["diffusers", "DDIMScheduler"],
+}
 
 
 @functools.partial(jax.jit, static_argnames=("unet", "scheduler", "guidance", "report_progress"))
@@ -83,6 +102,48 @@ class I2VPipeline:
         config = config_from_dict(config)
         return cls.from_config(config, params, **kwargs), config
 
+    @classmethod
+    def from_pretrained(cls, folder: str, dtype=jnp.float32, decode_chunk: int = 8, **unet_kwargs) -> "I2VPipeline":
+        """From a diffusers pipeline folder: model_index.json, unet/, vae/, text_encoder/,
+        tokenizer/ and scheduler/ (the released ConsistI2V's layout). Sampling then uses the
+        schedule in scheduler/scheduler_config.json. Nothing is downloaded."""
+        missing = [os.path.join(folder, name) for name in PIPELINE_FILES if not os.path.exists(os.path.join(folder, name))]
+        if missing:
+            raise FileNotFoundError(f"not a diffusers pipeline folder, missing: {', '.join(missing)}")
+        path = functools.partial(os.path.join, folder)
+        unet, params = load_unet(path("unet"), dtype=dtype, **unet_kwargs)
+        with open(path("scheduler", SCHEDULER_CONFIG_NAME)) as f:
+            try:
+                scheduler = DDIMConfig.from_diffusers(json.load(f))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path('scheduler', SCHEDULER_CONFIG_NAME)}: {e}") from e
+        return cls(
+            unet,
+            params,
+            text_encoder=load_text_encoder(path("text_encoder"), path("tokenizer"), dtype=dtype),
+            vae=load_vae(path("vae"), decode_chunk=decode_chunk, dtype=dtype),
+            scheduler=scheduler,
+        )
+
+    def save_pretrained(self, folder: str) -> None:
+        """Writes the diffusers pipeline layout `from_pretrained` and the reference code read
+        (safetensors weights, the reference's keys, shapes and config keys)."""
+        if not isinstance(self.text_encoder, CLIPTextEncoder) or not isinstance(self.vae, KLCodec):
+            raise ValueError(
+                "the diffusers layout holds a CLIP text encoder and an AutoencoderKL; this pipeline has "
+                f"{type(self.text_encoder).__name__} and {type(self.vae).__name__}"
+            )
+        path = functools.partial(os.path.join, folder)
+        save_unet(path("unet"), self.unet.config, self.params)
+        save_vae(path("vae"), self.vae)
+        save_text_encoder(path("text_encoder"), self.text_encoder)
+        self.text_encoder.tokenizer.save(path("tokenizer"))
+        os.makedirs(path("scheduler"), exist_ok=True)
+        with open(path("scheduler", SCHEDULER_CONFIG_NAME), "w") as f:
+            json.dump(self.scheduler.to_diffusers(), f, indent=2)
+        with open(path(MODEL_INDEX_NAME), "w") as f:  # last: a folder with an index is complete
+            json.dump(MODEL_INDEX, f, indent=2)
+
     def __post_init__(self):
         channels = self.unet.config.in_channels
         if self.vae.latent_channels != channels:
@@ -116,10 +177,11 @@ class I2VPipeline:
         return jnp.asarray(self.vae.encode(media.to_model_range(pixels_uint8), rng), jnp.float32)
 
     def decode(self, latents: jax.Array) -> np.ndarray:
-        """(B, T, h, w, C) latents -> (B, T, H, W, 3) float32 frames in [0, 1], one frame at a time
-        through the codec so long videos do not need the whole decoder activation at once."""
-        frames = [np.asarray(self.vae.decode(latents[:, i])) for i in range(latents.shape[1])]
-        return np.clip(np.stack(frames, axis=1) / 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
+        """(B, T, h, w, C) latents -> (B, T, H, W, 3) float32 frames in [0, 1]. All frames go to the
+        codec in one call; the VAE bounds its memory by decoding `decode_chunk` frames at a time."""
+        b, t = latents.shape[:2]
+        frames = np.asarray(self.vae.decode(jnp.reshape(latents, (b * t,) + latents.shape[2:])))
+        return np.clip(frames.reshape((b, t) + frames.shape[1:]) / 2.0 + 0.5, 0.0, 1.0).astype(np.float32)
 
     def sample_latents(
         self,

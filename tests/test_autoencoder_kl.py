@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hf_checkpoints import TINY_VAE, tiny_vae
 from safetensors.numpy import load_file, save_file
 
 from jax_i2v.convert import CONFIG_NAME, WEIGHTS_NAME, load_vae, save_vae
@@ -18,26 +19,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 TOLERANCE = 1e-4
-TINY_VAE = dict(
-    block_out_channels=[8, 16],
-    down_block_types=["DownEncoderBlock2D"] * 2,
-    up_block_types=["UpDecoderBlock2D"] * 2,
-    layers_per_block=1,
-    latent_channels=4,
-    norm_num_groups=4,
-    sample_size=16,
-    scaling_factor=0.5,
-)
-
-
 @pytest.fixture(scope="module")
 def reference_vae(tmp_path_factory):
     """(torch AutoencoderKL with every weight random, its saved `vae/` folder)."""
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(**TINY_VAE).eval()
-    with torch.no_grad():  # norms and biases away from their init, so a swapped one shows
-        for p in vae.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    vae = tiny_vae(torch, diffusers)
     folder = tmp_path_factory.mktemp("pipeline") / "vae"
     vae.save_pretrained(folder, safe_serialization=True)
     return vae, str(folder)

@@ -5,8 +5,8 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hf_checkpoints import tiny_clip_text_model, write_clip_vocabulary
 from safetensors.numpy import load_file, save_file
-from tokenizers import pre_tokenizers
 
 from jax_i2v.convert import CONFIG_NAME, TEXT_WEIGHTS_NAME, load_text_encoder, save_text_encoder
 from jax_i2v.models.clip import CLIPTextConfig, CLIPTokenizer
@@ -15,7 +15,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 TOLERANCE = 1e-4
-WORDS = ("a", "red", "circle", "moves", "left", "slowly", "the", "blue", "square", "right")
 PROMPTS = [
     "a red circle moves left",
     "The BLUE square  moves right, slowly!",
@@ -25,34 +24,10 @@ PROMPTS = [
 ]
 
 
-def _write_vocab(folder, pad_token):
-    """A CLIP-style BPE vocabulary: every byte (alone and word-final), merges that build WORDS, and
-    the special tokens."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokens = alphabet + [c + "</w>" for c in alphabet]
-    merges = []
-    for word in WORDS:
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merge = f"{pieces[0]} {pieces[1]}"
-            if merge not in merges:
-                merges.append(merge)
-                tokens.append(pieces[0] + pieces[1])
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
-    folder.mkdir(parents=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    settings = dict(model_max_length=77, bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token=pad_token)
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "CLIPTokenizer", **settings}))
-    return vocab
-
-
 @pytest.fixture(scope="module", params=["<|endoftext|>", "!"], ids=["sd1_pad", "sd2_pad"])
 def tokenizer_dir(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline") / "tokenizer"
-    _write_vocab(folder, request.param)
+    write_clip_vocabulary(folder, request.param)
     return folder
 
 
@@ -69,24 +44,8 @@ def test_token_ids_equal_transformers(tokenizer_dir):
 def text_encoder_dirs(request, tmp_path_factory):
     """(torch CLIPTextModel with random weights, text_encoder/ folder, tokenizer/ folder)."""
     root = tmp_path_factory.mktemp("pipeline")
-    vocab = _write_vocab(root / "tokenizer", "!")
-    config = transformers.CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act=request.param,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["!"],
-    )
-    torch.manual_seed(0)
-    model = transformers.CLIPTextModel(config).eval()
-    with torch.no_grad():  # layer norms away from their init, so a swapped scale or bias shows
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    vocab = write_clip_vocabulary(root / "tokenizer")
+    model = tiny_clip_text_model(torch, transformers, vocab, hidden_act=request.param)
     model.save_pretrained(root / "text_encoder")
     return model, root / "text_encoder", root / "tokenizer"
 

@@ -10,20 +10,19 @@ from jax_i2v.diffusion.ddim import DDIMConfig, ddim_step, ddim_timesteps, previo
 
 
 def _pair(**overrides):
+    """(our config, the diffusers scheduler built from its exported scheduler_config.json)."""
     config = DDIMConfig(**overrides)
-    reference = diffusers.DDIMScheduler(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        beta_start=config.beta_start,
-        beta_end=config.beta_end,
-        steps_offset=config.steps_offset,
-        timestep_spacing=config.timestep_spacing,
-        set_alpha_to_one=config.set_alpha_to_one,
-        prediction_type=config.prediction_type,
-        clip_sample=config.clip_sample,
-        rescale_betas_zero_snr=config.rescale_betas_zero_snr,
-    )
-    return config, reference
+    return config, diffusers.DDIMScheduler.from_config(config.to_diffusers())
+
+
+def test_scheduler_config_round_trips_through_diffusers():
+    config = DDIMConfig(prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing", steps_offset=0)
+    reference = diffusers.DDIMScheduler.from_config(config.to_diffusers())
+    assert DDIMConfig.from_diffusers(dict(reference.config)) == config
+    pndm = diffusers.PNDMScheduler(beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1)  # SD-2.1-base ships one
+    assert DDIMConfig.from_diffusers(dict(pndm.config)).beta_schedule == "scaled_linear"
+    with pytest.raises(ValueError, match="trained_betas"):
+        DDIMConfig.from_diffusers({**config.to_diffusers(), "trained_betas": [0.1] * 1000})
 
 
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])

@@ -15,11 +15,21 @@ import numpy as np
 
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule, make_schedule, split_prediction
+from jax_i2v.models.config import from_diffusers_dict
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-# diffusers scheduler_config.json keys that do not change what DDIM computes here.
-_IGNORED_DIFFUSERS_KEYS = {"_class_name", "_diffusers_version", "skip_prk_steps", "trained_betas", "variance_type"}
-_UNSUPPORTED_IF_SET = {"thresholding": False}
+# diffusers scheduler_config.json keys that do not change what DDIM computes here (the
+# thresholding settings only matter with thresholding on, which is not supported).
+_IGNORED_DIFFUSERS_KEYS = {
+    "_class_name",
+    "_diffusers_version",
+    "_use_default_values",
+    "skip_prk_steps",
+    "variance_type",
+    "dynamic_thresholding_ratio",
+    "sample_max_value",
+}
+_UNSUPPORTED_IF_SET = {"thresholding": False, "trained_betas": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,18 +63,13 @@ class DDIMConfig:
 
     @classmethod
     def from_diffusers(cls, scheduler_config: Mapping[str, Any]) -> "DDIMConfig":
-        """From a diffusers `scheduler_config.json` dict; settings this sampler cannot honour raise."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for key, value in scheduler_config.items():
-            if key in fields:
-                kwargs[key] = value
-            elif key in _UNSUPPORTED_IF_SET:
-                if value != _UNSUPPORTED_IF_SET[key]:
-                    raise ValueError(f"scheduler setting {key}={value!r} is not supported")
-            elif key not in _IGNORED_DIFFUSERS_KEYS:
-                raise ValueError(f"unknown scheduler setting {key!r}")
-        return cls(**kwargs)
+        """From a diffusers `scheduler_config.json` dict (any of its noise schedulers: the schedule
+        and prediction settings are what DDIM reads); settings this sampler cannot honour raise."""
+        return from_diffusers_dict(cls, scheduler_config, _UNSUPPORTED_IF_SET, _IGNORED_DIFFUSERS_KEYS, "scheduler")
+
+    def to_diffusers(self) -> dict[str, Any]:
+        """The `scheduler_config.json` of the equivalent diffusers `DDIMScheduler`."""
+        return {"_class_name": "DDIMScheduler", **dataclasses.asdict(self), **_UNSUPPORTED_IF_SET}
 
 
 def check_num_steps(num_steps: int, config: DDIMConfig) -> None:

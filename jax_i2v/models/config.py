@@ -196,6 +196,8 @@ class UNetConfig:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out.update(_FIXED_DIFFUSERS_OPTIONS)
+        # Unused without an addition embedding, but diffusers writes it into every UNet config.
+        out["addition_embed_type_num_heads"] = 64
         return out
 
 

@@ -1,0 +1,97 @@
+"""Tiny random checkpoints in the Hugging Face layouts (diffusers VAE, transformers CLIP, a CLIP
+BPE vocabulary, a whole ConsistI2V pipeline folder), built with the PyTorch reference classes."""
+
+import json
+import pathlib
+import shutil
+
+from tokenizers import pre_tokenizers
+
+WORDS = ("a", "red", "circle", "moves", "left", "slowly", "the", "blue", "square", "right")
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+TINY_VAE = dict(
+    block_out_channels=[8, 16],
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=4,
+    sample_size=16,
+    scaling_factor=0.5,
+)
+
+
+def write_clip_vocabulary(folder: pathlib.Path, pad_token: str = "!") -> dict:
+    """A CLIP-style BPE vocabulary: every byte (alone and word-final), merges that build WORDS,
+    the special tokens; pad "!" as SD-2 ships it, or EOS as SD-1 does. Returns the vocab."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokens = alphabet + [c + "</w>" for c in alphabet]
+    merges = []
+    for word in WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            if merge not in merges:
+                merges.append(merge)
+                tokens.append(pieces[0] + pieces[1])
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens + [BOS, EOS]))}
+    folder.mkdir(parents=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    settings = dict(tokenizer_class="CLIPTokenizer", model_max_length=77, bos_token=BOS, eos_token=EOS, pad_token=pad_token)
+    (folder / "tokenizer_config.json").write_text(json.dumps(settings))
+    return vocab
+
+
+def _perturbed(module, torch, seed: int):
+    """Every weight moved off its init (norm scales 1, zero biases), so a swapped one shows."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return module.eval()
+
+
+def tiny_vae(torch, diffusers, seed: int = 0):
+    torch.manual_seed(seed)
+    return _perturbed(diffusers.AutoencoderKL(**TINY_VAE), torch, seed)
+
+
+def tiny_clip_text_model(torch, transformers, vocab: dict, hidden_size: int = 32, hidden_act: str = "gelu", seed: int = 0):
+    config = transformers.CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act=hidden_act,
+        bos_token_id=vocab[BOS],
+        eos_token_id=vocab[EOS],
+        pad_token_id=vocab["!"],
+    )
+    torch.manual_seed(seed)
+    return _perturbed(transformers.CLIPTextModel(config), torch, seed)
+
+
+def write_tiny_pipeline(folder: pathlib.Path, unet_dir: pathlib.Path, torch, diffusers, transformers) -> pathlib.Path:
+    """The released ConsistI2V's folder layout around a reference UNet folder (its latent channels
+    and text width must be the tiny VAE's 4 and a multiple of 4)."""
+    unet_config = json.loads((unet_dir / "config.json").read_text())
+    vocab = write_clip_vocabulary(folder / "tokenizer")
+    tiny_clip_text_model(torch, transformers, vocab, hidden_size=unet_config["cross_attention_dim"]).save_pretrained(folder / "text_encoder")
+    tiny_vae(torch, diffusers).save_pretrained(folder / "vae", safe_serialization=True)
+    shutil.copytree(unet_dir, folder / "unet")
+    scheduler = diffusers.DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)
+    scheduler.save_pretrained(folder / "scheduler")
+    index = {"_class_name": "ConditionalAnimationPipeline", "unet": ["consisti2v.models.videoldm_unet", "VideoLDMUNet3DConditionModel"]}
+    for name, (library, cls) in dict(
+        vae=("diffusers", "AutoencoderKL"),
+        text_encoder=("transformers", "CLIPTextModel"),
+        tokenizer=("transformers", "CLIPTokenizer"),
+        scheduler=("diffusers", "DDIMScheduler"),
+    ).items():
+        index[name] = [library, cls]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder

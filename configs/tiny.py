@@ -107,6 +107,8 @@ def get_config():
             ema_decay=0.99,
             # Trained from scratch: temporal layers start as plain residual layers (see LoopConfig).
             temporal_mixer_init=0.0,
+            # A diffusers image UNet folder to take the spatial weights from (with mixers at 1).
+            init_from_image_unet="",
             # Sample videos from held-out first frames + captions into WORKDIR/samples/ (0: never).
             sample_every=500,
             sample_videos=2,

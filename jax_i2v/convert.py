@@ -9,6 +9,7 @@ The Flax tree mirrors those names: an index joins its container
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -207,6 +208,63 @@ def load_unet(unet_dir: str, dtype=jnp.float32, param_dtype=jnp.float32, **model
     params = state_dict_to_params(load_file(weights), model, source=weights)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, param_dtype), params)
     return model, params
+
+
+# Layers a video UNet has and an image UNet does not; everything else maps 1:1 onto diffusers'
+# UNet2DConditionModel names.
+_VIDEO_ONLY_MODULES = ("conv3ds_", "tempo_attns_", "frame_stride_embedding", "first_frame_conv")
+# UNetConfig fields that only the video UNet has (or that do not change its parameters).
+_VIDEO_FIELDS = (
+    "sample_size",
+    "use_temporal",
+    "n_frames",
+    "n_temp_heads",
+    "first_frame_condition_mode",
+    "augment_temporal_attention",
+    "temp_pos_embedding",
+    "use_frame_stride_condition",
+)
+# UNet2DConditionModel options without a VideoLDM counterpart: accepted at their default.
+_IMAGE_UNET_ONLY_OPTIONS = {"reverse_transformer_layers_per_block": None}
+
+
+def _is_video_only(path: tuple[str, ...]) -> bool:
+    return any(name.startswith(_VIDEO_ONLY_MODULES) for name in path)
+
+
+def inflate_unet(image_unet_dir: str, model: VideoUNet, params: Params) -> Params:
+    """`params` of `model` with the spatial weights of an image UNet folder (a diffusers
+    UNet2DConditionModel such as SD-2.1-base's `unet/`) written in, as the reference inflates SD.
+
+    The video-only layers (temporal convs and attentions, their alpha mixers, the stride embedding)
+    keep their values from `params`: freshly initialised, alphas 1 and the stride embedding's last
+    layer zero, the model then computes the image UNet on every frame (with first-frame attention
+    off). The spatial architecture of `model.config` must equal the folder's.
+    """
+    config_dict, state_dict, weights = _read_model_folder(image_unet_dir, "image UNet")
+    config_path = os.path.join(image_unet_dir, CONFIG_NAME)
+    config_dict = dict(config_dict)
+    for key, default in _IMAGE_UNET_ONLY_OPTIONS.items():
+        if config_dict.pop(key, default) != default:
+            raise ValueError(f"{config_path}: {key} is not supported (only {default!r})")
+    try:
+        image = UNetConfig.from_diffusers(config_dict)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {e}") from e
+    differ = [
+        f"{f.name}: {getattr(image, f.name)!r} there, {getattr(model.config, f.name)!r} here"
+        for f in dataclasses.fields(UNetConfig)
+        if f.name not in _VIDEO_FIELDS and getattr(image, f.name) != getattr(model.config, f.name)
+    ]
+    if differ:
+        raise ValueError(f"{config_path}: the video UNet's spatial layers differ from this image UNet: " + "; ".join(differ))
+    shapes = param_shapes(model)
+    spatial = {path: shape for path, shape in shapes.items() if not _is_video_only(path)}
+    loaded = convert_state_dict(state_dict, spatial, weights, "the video UNet's spatial layers")
+    flat = traverse_util.flatten_dict(params)
+    for path, value in loaded.items():
+        flat[path] = jnp.asarray(value, flat[path].dtype)
+    return traverse_util.unflatten_dict(flat)
 
 
 def save_unet(unet_dir: str, config: UNetConfig, params: Params) -> None:

@@ -5,13 +5,15 @@
 
   python launch/sample.py --checkpoint runs/tiny --image first.png --prompt "a red circle moves left" --out samples/tiny
 
-Params come from a training run (`--checkpoint WORKDIR`, or one `WORKDIR/checkpoints/STEP`, or a
-`export_params` folder; the model and caption encoder are rebuilt from the config saved with it,
-EMA params preferred), from a diffusers-layout UNet folder (`--unet path/to/unet`, e.g. the
-reference checkpoint's), or, for smoke runs, are random (`--random-params`). Pixel-space configs
-need no VAE; without a trained caption encoder, captions go through the parameter-free hashed word
-encoder until the CLIP tower lands. A progress
-bar counts denoising steps; the files written are printed as JSON on the last line.
+  python launch/sample.py --pretrained /data/ConsistI2V --image first.png --prompt "a dog runs" --out samples/dog
+
+Params come from a diffusers pipeline folder (`--pretrained DIR`: the released ConsistI2V's
+layout, with its VAE, CLIP text encoder and scheduler settings), a training run (`--checkpoint
+WORKDIR`, or one `WORKDIR/checkpoints/STEP`, or a `export_params` folder; the model and caption
+encoder are rebuilt from the config saved with it, EMA params preferred), a diffusers-layout UNet
+folder alone (`--unet path/to/unet`; captions then go through the parameter-free hashed word
+encoder), or, for smoke runs, are random (`--random-params`). A progress bar counts denoising
+steps; the files written are printed as JSON on the last line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def parse_args(argv=None):
     src = p.add_argument_group("model")
     src.add_argument("--config", help="ml_collections config (configs/*.py); gives the UNet and default sizes")
     weights = src.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--pretrained", help="diffusers pipeline folder (model_index.json, unet/, vae/, text_encoder/, ...)")
     weights.add_argument("--checkpoint", help="training workdir, one of its checkpoints/STEP folders, or a params export")
     weights.add_argument("--unet", help="diffusers-layout unet/ folder (config.json + safetensors)")
     weights.add_argument("--random-params", action="store_true", help="random weights (smoke tests only)")
@@ -74,14 +77,17 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.random_params and not args.config:
         p.error("--random-params needs --config for the architecture")
-    if args.checkpoint and (args.config or args.text_len):
-        p.error("--checkpoint brings its own config; drop --config / --text-len")
+    if (args.checkpoint or args.pretrained) and (args.config or args.text_len):
+        p.error("--checkpoint and --pretrained bring their own config; drop --config / --text-len")
     if args.camera_motion and args.frameinit == "none":
         p.error("--camera-motion works through FrameInit; choose a --frameinit filter")
     return args
 
 
 def build_pipeline(args) -> tuple[I2VPipeline, dict]:
+    if args.pretrained:
+        pipe = I2VPipeline.from_pretrained(args.pretrained)
+        return pipe, {"frames": pipe.unet.config.n_frames}
     if args.checkpoint:
         pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
         return pipe, dict(config.data)

@@ -95,3 +95,24 @@ def write_tiny_pipeline(folder: pathlib.Path, unet_dir: pathlib.Path, torch, dif
         index[name] = [library, cls]
     (folder / "model_index.json").write_text(json.dumps(index))
     return folder
+
+
+TINY_IMAGE_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[32, 64],
+    layers_per_block=1,
+    attention_head_dim=[2, 4],
+    cross_attention_dim=24,
+    norm_num_groups=8,
+    use_linear_projection=True,
+)
+
+
+def tiny_image_unet(torch, diffusers, seed: int = 0):
+    """An SD-2.x-style diffusers UNet2DConditionModel (linear projections, heads per block)."""
+    torch.manual_seed(seed)
+    return _perturbed(diffusers.UNet2DConditionModel(**TINY_IMAGE_UNET), torch, seed)

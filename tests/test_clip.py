@@ -10,6 +10,7 @@ from safetensors.numpy import load_file, save_file
 
 from jax_i2v.convert import CONFIG_NAME, TEXT_WEIGHTS_NAME, load_text_encoder, save_text_encoder
 from jax_i2v.models.clip import CLIPTextConfig, CLIPTokenizer
+from jax_i2v.models.text_encoder import text_conditioning
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -125,3 +126,16 @@ def test_saved_tokenizer_gives_the_same_ids(tmp_path, tokenizer_dir):
     reference = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
     expected = reference(PROMPTS, padding="max_length", max_length=77, truncation=True)["input_ids"]
     np.testing.assert_array_equal(tokenizer(PROMPTS), np.asarray(expected))
+
+
+def test_experiment_config_conditions_on_the_clip_folders(text_encoder_dirs):
+    _, text_dir, tokenizer_dir = text_encoder_dirs
+    settings = dict(kind="clip", dir=str(text_dir), tokenizer_dir=str(tokenizer_dir))
+    text = text_conditioning(settings, 77, 32)
+    assert text.module is None  # frozen, as in the reference
+    expected = load_text_encoder(str(text_dir), str(tokenizer_dir)).encode(["", "a red circle"])
+    # (to float32 rounding: a batch of one sums in another order)
+    np.testing.assert_allclose(text.null_caption, expected[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(text.encoder().encode(["a red circle"])[0], expected[1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="77 x 32 text embeddings; data.text_len and the UNet's cross_attention_dim say 77 x 64"):
+        text_conditioning(settings, 77, 64)

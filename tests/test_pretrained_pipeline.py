@@ -6,12 +6,14 @@ import shutil
 import numpy as np
 import pytest
 from hf_checkpoints import write_tiny_pipeline
+from PIL import Image
 from safetensors.numpy import load_file
 
 from jax_i2v.convert import WEIGHTS_NAME
 from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.pipeline import I2VPipeline
 from jax_i2v.text import HashedWordEncoder
+from launch import sample
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -87,3 +89,12 @@ def test_other_components_cannot_be_saved_in_the_diffusers_layout(tmp_path, load
     pipe, _ = loaded
     with pytest.raises(ValueError, match="HashedWordEncoder"):
         I2VPipeline(pipe.unet, pipe.params, text_encoder=HashedWordEncoder(8, 24), vae=pipe.vae).save_pretrained(str(tmp_path))
+
+
+def test_sample_cli_reads_a_pipeline_folder(tmp_path, pipeline_dir, first_image):
+    Image.fromarray(first_image).save(tmp_path / "first.png")
+    out = tmp_path / "video"
+    result = sample.main(["--pretrained", str(pipeline_dir), "--image", str(tmp_path / "first.png"), "--prompt", "a red circle",
+                          "--steps", "2", "--formats", "gif", "--out", str(out), "--no-progress"])
+    assert result["shape"] == [1, 5, 16, 16, 3]  # the UNet config's n_frames, the VAE's size
+    assert result["files"] == [f"{out}.gif"]

@@ -25,6 +25,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from jax_i2v.config_utils import dtype, unet_config
+from jax_i2v.convert import inflate_unet
 from jax_i2v.data import moving_shapes
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
@@ -38,7 +39,7 @@ from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer
 from jax_i2v.train.previews import PreviewWriter
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from jax_i2v.train.state import abstract_train_state, create_train_state, state_shardings
+from jax_i2v.train.state import abstract_train_state, create_train_state, state_from_params, state_shardings
 from jax_i2v.train.step import StepConfig, check_batch_size, compiled_flops, make_train_step, unet_loss_fn
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class LoopConfig:
     # pretrained image UNet; from scratch, 0 (plain residual layers) lets frames learn their motion
     # from step 0 instead of waiting for Adam to walk each alpha down.
     temporal_mixer_init: float = 1.0
+    # A diffusers image UNet folder (e.g. SD-2.1-base's unet/) whose spatial weights start a fresh
+    # run, as the reference starts from SD ("": random init). Ignored when resuming.
+    init_from_image_unet: str = ""
 
     def __post_init__(self):
         positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps")
@@ -125,6 +129,8 @@ class LoopConfig:
             raise ValueError(f"temporal_mixer_init must be in [0, 1], got {self.temporal_mixer_init!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.init_from_image_unet and not os.path.isdir(self.init_from_image_unet):
+            raise ValueError(f"init_from_image_unet: no folder at {self.init_from_image_unet!r}")
 
 
 def _data_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
@@ -187,6 +193,12 @@ def initial_params(rng: jax.Array, model: VideoUNet, text: TextConditioning, tem
     return {"unet": unet, "text": text.module.init(text_rng, text.null_caption[None])["params"]}
 
 
+def _inflated_params(params: Any, model: VideoUNet, image_unet_dir: str) -> Any:
+    if isinstance(params, dict) and set(params) == {"unet", "text"}:
+        return {**params, "unet": inflate_unet(image_unet_dir, model, params["unet"])}
+    return inflate_unet(image_unet_dir, model, params)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until `config.train.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
@@ -222,6 +234,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, shardings, data_iter)
         log.info("resumed from step %d", int(state.step))
+    elif loop.init_from_image_unet:
+        state = state_from_params(_inflated_params(init_params(init_rng), model, loop.init_from_image_unet), optimizer, mesh, rules, use_ema)
+        log.info("spatial layers from %s", loop.init_from_image_unet)
     else:
         state = create_train_state(init_params, optimizer, init_rng, mesh, rules, use_ema)
 

@@ -71,7 +71,7 @@ def _zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     return (1.0 - alphas).astype(np.float32)
 
 
-def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
+def per_video(values: jax.Array, like: jax.Array) -> jax.Array:
     """(B,) or scalar -> broadcastable against `like` (B, ...)."""
     values = jnp.asarray(values, jnp.float32)
     if values.ndim == 0:
@@ -81,7 +81,7 @@ def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
 
 def signal_and_noise_scales(schedule: NoiseSchedule, timesteps, like: jax.Array):
     """sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t), broadcastable against `like`."""
-    alpha_bar = _per_sample(schedule.alphas_cumprod[jnp.asarray(timesteps, jnp.int32)], like)
+    alpha_bar = per_video(schedule.alphas_cumprod[jnp.asarray(timesteps, jnp.int32)], like)
     return jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
 
 

@@ -115,8 +115,7 @@ def make_train_step(
         params = clamp_mixers(optax.apply_updates(state.params, updates))
         ema = state.ema_params
         if ema is not None:
-            decay = config.ema_decay
-            ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+            ema = optax.incremental_update(params, ema, step_size=1.0 - config.ema_decay)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": learning_rate(state.step)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
 

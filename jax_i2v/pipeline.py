@@ -27,6 +27,7 @@ from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
 from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
 from jax_i2v.diffusion.guidance import guidance_mode
+from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
 from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
@@ -80,7 +81,7 @@ class I2VPipeline:
     params: Any
     text_encoder: Optional[TextEncoder] = None
     vae: LatentCodec = dataclasses.field(default_factory=PixelSpace)
-    scheduler: DDIMConfig = dataclasses.field(default_factory=DDIMConfig)
+    scheduler: DDIMConfig | LCMConfig = dataclasses.field(default_factory=DDIMConfig)
 
     @classmethod
     def from_config(cls, config, params, **kwargs) -> "I2VPipeline":
@@ -106,7 +107,8 @@ class I2VPipeline:
     def from_pretrained(cls, folder: str, dtype=jnp.float32, decode_chunk: int = 8, **unet_kwargs) -> "I2VPipeline":
         """From a diffusers pipeline folder: model_index.json, unet/, vae/, text_encoder/,
         tokenizer/ and scheduler/ (the released ConsistI2V's layout). Sampling then uses the
-        schedule in scheduler/scheduler_config.json. Nothing is downloaded."""
+        schedule in scheduler/scheduler_config.json (DDIM, or the consistency sampler for an
+        `LCMScheduler` config: a distilled student). Nothing is downloaded."""
         missing = [os.path.join(folder, name) for name in PIPELINE_FILES if not os.path.exists(os.path.join(folder, name))]
         if missing:
             raise FileNotFoundError(f"not a diffusers pipeline folder, missing: {', '.join(missing)}")
@@ -114,7 +116,9 @@ class I2VPipeline:
         unet, params = load_unet(path("unet"), dtype=dtype, **unet_kwargs)
         with open(path("scheduler", SCHEDULER_CONFIG_NAME)) as f:
             try:
-                scheduler = DDIMConfig.from_diffusers(json.load(f))
+                settings = json.load(f)
+                kind = LCMConfig if settings.get("_class_name") == "LCMScheduler" else DDIMConfig
+                scheduler = kind.from_diffusers(settings)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{path('scheduler', SCHEDULER_CONFIG_NAME)}: {e}") from e
         return cls(
@@ -142,7 +146,8 @@ class I2VPipeline:
         with open(path("scheduler", SCHEDULER_CONFIG_NAME), "w") as f:
             json.dump(self.scheduler.to_diffusers(), f, indent=2)
         with open(path(MODEL_INDEX_NAME), "w") as f:  # last: a folder with an index is complete
-            json.dump(MODEL_INDEX, f, indent=2)
+            scheduler_class = self.scheduler.to_diffusers()["_class_name"]
+            json.dump({**MODEL_INDEX, "scheduler": ["diffusers", scheduler_class]}, f, indent=2)
 
     def __post_init__(self):
         channels = self.unet.config.in_channels
@@ -226,7 +231,7 @@ class I2VPipeline:
             raise ValueError("camera motion works through FrameInit: pass a FrameInitConfig")
         if image_guidance > 1.0 and not cfg.conditions_on_first_frame:
             raise ValueError("image guidance needs a model that conditions on the first frame")
-        check_num_steps(num_steps, self.scheduler)
+        timesteps = _padded_timesteps(self.scheduler, num_steps)
         guidance = guidance_mode(text_guidance, image_guidance)
 
         key = jax.random.key(seed)
@@ -247,7 +252,7 @@ class I2VPipeline:
 
         frameinit_cfg = frameinit or FrameInitConfig()
         options = SamplingOptions(
-            timesteps=jnp.asarray(padded_timesteps(num_steps, self.scheduler)),
+            timesteps=jnp.asarray(timesteps),
             num_steps=jnp.int32(num_steps),
             text_scale=jnp.float32(text_guidance),
             image_scale=jnp.float32(image_guidance),
@@ -297,6 +302,13 @@ class I2VPipeline:
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         videos = [self(image, prompt, seed=seed + i, **kwargs) for i, (image, prompt) in enumerate(zip(images, prompts))]
         return np.concatenate(videos)
+
+
+def _padded_timesteps(scheduler: DDIMConfig | LCMConfig, num_steps: int) -> np.ndarray:
+    if isinstance(scheduler, LCMConfig):
+        return scheduler.padded_timesteps(num_steps)
+    check_num_steps(num_steps, scheduler)
+    return padded_timesteps(num_steps, scheduler)
 
 
 def scheduler_from_config(config) -> DDIMConfig:

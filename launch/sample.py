@@ -19,6 +19,7 @@ steps; the files written are printed as JSON on the last line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +28,9 @@ from jax_i2v import media
 from jax_i2v.config_utils import load_config, unet_config
 from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
+from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
+from jax_i2v.diffusion.lcm import LCMConfig, schedule_settings
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.pipeline import I2VPipeline, save_videos, scheduler_from_config
@@ -58,8 +61,11 @@ def parse_args(argv=None):
     s.add_argument("--frames", type=int, help="frames per chunk including the first (default: config, else 16)")
     s.add_argument("--height", type=int)
     s.add_argument("--width", type=int)
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--text-guidance", type=float, default=7.5)
+    s.add_argument("--sampler", choices=("ddim", "lcm"), help="lcm: the multistep consistency sampler of distilled "
+                   "students (default: the model's, DDIM unless its scheduler config is an LCMScheduler's)")
+    s.add_argument("--lcm-timestep-scaling", type=float, default=4.0, help="with --sampler lcm (MCM trains with 4)")
+    s.add_argument("--steps", type=int, help="default: 50 with DDIM, 4 with LCM")
+    s.add_argument("--text-guidance", type=float, help="default: 7.5 with DDIM, 1 (none) with LCM")
     s.add_argument("--image-guidance", type=float, default=1.0, help="> 1 switches to 3-way text+image guidance")
     s.add_argument("--eta", type=float, default=0.0)
     s.add_argument("--frame-stride", type=float, default=3)
@@ -107,6 +113,13 @@ def build_pipeline(args) -> tuple[I2VPipeline, dict]:
 
 def run(args) -> dict:
     pipe, defaults = build_pipeline(args)
+    if args.sampler == "lcm" and not isinstance(pipe.scheduler, LCMConfig):
+        pipe = dataclasses.replace(pipe, scheduler=LCMConfig.with_schedule_of(pipe.scheduler, timestep_scaling=args.lcm_timestep_scaling))
+    elif args.sampler == "ddim" and isinstance(pipe.scheduler, LCMConfig):
+        pipe = dataclasses.replace(pipe, scheduler=DDIMConfig(**schedule_settings(pipe.scheduler)))
+    consistency = isinstance(pipe.scheduler, LCMConfig)
+    steps = args.steps or (4 if consistency else 50)
+    text_guidance = args.text_guidance if args.text_guidance is not None else (1.0 if consistency else 7.5)
     frames = args.frames or defaults.get("frames", 16)
     height = args.height or defaults.get("resolution") or pipe.default_size
     width = args.width or defaults.get("resolution") or pipe.default_size
@@ -124,8 +137,8 @@ def run(args) -> dict:
         num_frames=frames,
         height=height,
         width=width,
-        num_steps=args.steps,
-        text_guidance=args.text_guidance,
+        num_steps=steps,
+        text_guidance=text_guidance,
         image_guidance=args.image_guidance,
         eta=args.eta,
         frame_stride=args.frame_stride,

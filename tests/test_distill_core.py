@@ -8,16 +8,8 @@ from flax import traverse_util
 
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill import lora
-from jax_i2v.distill.consistency import (
-    boundary_scalings,
-    consistency_loss,
-    consistency_output,
-    ddim_solver_step,
-    lcm_guidance,
-    lcm_timesteps,
-    solver_previous_timesteps,
-    solver_timesteps,
-)
+from jax_i2v.diffusion.lcm import boundary_scalings, consistency_output, lcm_timesteps, solver_timesteps
+from jax_i2v.distill.consistency import consistency_loss, ddim_solver_step, lcm_guidance, solver_previous_timesteps
 from jax_i2v.distill.motion import SpatialHead, frequency_split, motion_representation
 
 

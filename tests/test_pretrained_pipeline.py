@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 from hf_checkpoints import write_tiny_pipeline
@@ -98,3 +99,15 @@ def test_sample_cli_reads_a_pipeline_folder(tmp_path, pipeline_dir, first_image)
                           "--steps", "2", "--formats", "gif", "--out", str(out), "--no-progress"])
     assert result["shape"] == [1, 5, 16, 16, 3]  # the UNet config's n_frames, the VAE's size
     assert result["files"] == [f"{out}.gif"]
+
+
+def test_sample_cli_switches_to_the_consistency_sampler(tmp_path, pipeline_dir, first_image):
+    Image.fromarray(first_image).save(tmp_path / "first.png")
+    argv = ["--pretrained", str(pipeline_dir), "--image", str(tmp_path / "first.png"), "--prompt", "a red circle",
+            "--formats", "gif", "--no-progress", "--frameinit", "none"]
+    lcm = sample.main(argv + ["--sampler", "lcm", "--out", str(tmp_path / "lcm")])  # 4 steps, no guidance
+    ddim = sample.main(argv + ["--steps", "4", "--text-guidance", "1", "--out", str(tmp_path / "ddim")])
+    assert lcm["shape"] == ddim["shape"] == [1, 5, 16, 16, 3]
+    videos = [iio.imread(tmp_path / f"{name}.gif", index=None) for name in ("lcm", "ddim")]
+    np.testing.assert_array_equal(videos[0][0], videos[1][0])  # the first frame is the input's
+    assert not np.array_equal(videos[0][1:], videos[1][1:])

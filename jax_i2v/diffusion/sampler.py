@@ -1,6 +1,7 @@
 """Image-to-video sampling of one chunk of F frames (ConsistI2V `pipe.py:584-695`).
 
-initial noise (pyoco mixed) -> optional FrameInit from a static/camera video -> DDIM with guidance.
+initial noise (pyoco mixed) -> optional FrameInit from a static/camera video -> DDIM with guidance,
+or the multistep consistency sampler (LCM) for distilled students.
 Everything here is traceable; `I2VPipeline` jits it once per (model, shapes, guidance mode).
 """
 
@@ -13,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_i2v.diffusion.ddim import DDIMConfig, ddim_sample
+from jax_i2v.diffusion.lcm import LCMConfig, lcm_sample
 from jax_i2v.diffusion.frameinit import frame_init
 from jax_i2v.diffusion.guidance import Conditioning, guided_prediction
 from jax_i2v.diffusion.schedules import pyoco_mixed_noise
@@ -22,7 +24,7 @@ from jax_i2v.diffusion.schedules import pyoco_mixed_noise
 class SamplingOptions:
     """Per-call numbers, all traced: changing them does not recompile.
 
-    timesteps: `padded_timesteps(num_steps, scheduler)`; frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
+    timesteps: `padded_timesteps(num_steps, scheduler)` (DDIM) or `scheduler.padded_timesteps(num_steps)` (LCM); frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
     use_frameinit: bool scalar.
     """
 
@@ -46,7 +48,7 @@ def sample_chunk(
     frame_stride: jax.Array,
     rng: jax.Array,
     options: SamplingOptions,
-    scheduler: DDIMConfig,
+    scheduler: DDIMConfig | LCMConfig,
     guidance: str,
     condition_on_first_frame: bool = True,
     report_progress: bool = False,
@@ -74,4 +76,9 @@ def sample_chunk(
     def denoise(x, t):
         return guided_prediction(apply_fn, x, t, cond, guidance, options.text_scale, options.image_scale)
 
+    if isinstance(scheduler, LCMConfig):
+        def fresh_noise(key, shape):
+            return pyoco_mixed_noise(key, shape, options.noise_alpha)
+
+        return lcm_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, scheduler, fresh_noise, report_progress)
     return ddim_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress)

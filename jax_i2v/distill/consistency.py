@@ -1,4 +1,5 @@
-"""Consistency distillation as MCM / LCM do it (spec mcm.md sections 1.2-1.5 and 6).
+"""Consistency distillation's training side as MCM does it (spec mcm.md sections 1.2-1.5); the
+boundary conditions and the sampler's timesteps are in jax_i2v/diffusion/lcm.py.
 
 Timesteps are integers of the teacher's training schedule (e.g. 0..999). Arrays are channels-last
 videos (B, F, H, W, C) or anything broadcastable against a per-video (B,) timestep.
@@ -10,35 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax_i2v.diffusion.lcm import solver_timesteps
 from jax_i2v.diffusion.schedules import NoiseSchedule, per_video
 
-SIGMA_DATA = 0.5
 LOSS_TYPES = ("huber", "l2")
-
-
-def boundary_scalings(timesteps, timestep_scaling: float = 4.0, sigma_data: float = SIGMA_DATA):
-    """(c_skip, c_out) of f(x, t) = c_skip x + c_out x0_hat: c_skip(0) = 1, c_out(0) = 0.
-
-    MCM's scripts train and sample with `timestep_scaling` 4 (the LCM default is 10).
-    """
-    scaled = jnp.asarray(timesteps, jnp.float32) * timestep_scaling
-    c_skip = sigma_data**2 / (scaled**2 + sigma_data**2)
-    c_out = scaled / jnp.sqrt(scaled**2 + sigma_data**2)
-    return c_skip, c_out
-
-
-def consistency_output(noisy: jax.Array, x0: jax.Array, timesteps, timestep_scaling: float = 4.0) -> jax.Array:
-    """f(x_t, t) = c_skip(t) x_t + c_out(t) x0_hat, with t per video."""
-    c_skip, c_out = boundary_scalings(timesteps, timestep_scaling)
-    return per_video(c_skip, noisy) * noisy + per_video(c_out, noisy) * x0
-
-
-def solver_timesteps(num_train_timesteps: int = 1000, num_solver_steps: int = 50) -> np.ndarray:
-    """The DDIM solver grid tau_i = k (i + 1) - 1, k = N / num_solver_steps: 19, 39, ..., 999."""
-    if num_train_timesteps % num_solver_steps:
-        raise ValueError(f"{num_solver_steps} solver steps do not divide {num_train_timesteps} timesteps")
-    skip = num_train_timesteps // num_solver_steps
-    return np.arange(1, num_solver_steps + 1, dtype=np.int32) * skip - 1
 
 
 def solver_previous_timesteps(num_train_timesteps: int = 1000, num_solver_steps: int = 50) -> np.ndarray:
@@ -55,16 +31,6 @@ def ddim_solver_step(schedule: NoiseSchedule, x0: jax.Array, eps: jax.Array, ind
     previous = jnp.where(index > 0, grid[jnp.maximum(index - 1, 0)], 0)
     alpha_prev = per_video(schedule.alphas_cumprod[previous], x0)
     return jnp.sqrt(alpha_prev) * x0 + jnp.sqrt(1.0 - alpha_prev) * eps
-
-
-def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps: int = 1000) -> np.ndarray:
-    """The multistep sampler's timesteps, diffusers' LCMScheduler with `original_inference_steps`:
-    the reversed solver grid indexed at floor(linspace(0, original_steps, num_steps, endpoint=False)).
-    1: [999]; 2: [999, 499]; 4: [999, 759, 499, 259]."""
-    if not 1 <= num_steps <= original_steps:
-        raise ValueError(f"num_steps must be in [1, {original_steps}], got {num_steps}")
-    grid = solver_timesteps(num_train_timesteps, original_steps)[::-1]
-    return grid[np.floor(np.linspace(0, original_steps, num_steps, endpoint=False)).astype(np.int64)]
 
 
 def lcm_guidance(conditional: jax.Array, unconditional: jax.Array, w) -> jax.Array:

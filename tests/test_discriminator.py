@@ -1,0 +1,102 @@
+"""MCM's frame discriminator pieces: DiffAugment, BatchNormLocal, spectral norm, heads, losses, penalty."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_i2v.distill.discriminator import (
+    BatchNormLocal,
+    ProjectedDiscriminator,
+    adapt_penalty_weight,
+    backbone_input,
+    diff_augment,
+    discriminator_loss,
+    feature_gradient_penalty,
+    generator_loss,
+)
+
+
+def test_diff_augment_shifts_with_zero_fill_and_cuts_out_a_square():
+    images = jnp.ones((64, 20, 20, 3))
+    out = np.asarray(diff_augment(jax.random.key(0), images))
+    assert out.shape == images.shape
+    zeros = (out == 0).all(-1)
+    # Every image loses at least the cutout square (side int(0.2 * 20 + 0.5) = 4, fewer at borders).
+    assert zeros.any(axis=(1, 2)).all()
+    # Shifts are at most int(0.125 * 20 + 0.5) = 3 px: the centre 12 x 12 is never shifted out.
+    centre = zeros[:, 4:16, 4:16].sum(axis=(1, 2))
+    assert (centre <= 16).all()
+    # Away from the zeroed pixels an image is one colour (the colour jitter is per image).
+    for image, zero in zip(out[:8], zeros[:8]):
+        kept = image[~zero]
+        assert np.allclose(kept, kept[0], atol=1e-5)
+    again = np.asarray(diff_augment(jax.random.key(0), images))
+    np.testing.assert_array_equal(out, again)
+    assert not np.array_equal(out, np.asarray(diff_augment(jax.random.key(1), images)))
+
+
+def test_backbone_input_is_imagenet_normalised():
+    white = jnp.ones((1, 8, 8, 3))
+    out = backbone_input(white, 4)
+    assert out.shape == (1, 4, 4, 3)
+    np.testing.assert_allclose(out[0, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+
+
+def test_batch_norm_local_normalises_each_virtual_batch_of_eight():
+    x = jax.random.normal(jax.random.key(0), (16, 5, 3)) * jnp.concatenate([jnp.full((8, 1, 1), 1.0), jnp.full((8, 1, 1), 10.0)])
+    x = x + jnp.concatenate([jnp.zeros((8, 1, 1)), jnp.full((8, 1, 1), 100.0)])
+    norm = BatchNormLocal()
+    out = norm.apply(norm.init(jax.random.key(0), x), x)
+    for group in (out[:8], out[8:]):
+        np.testing.assert_allclose(group.mean(axis=(0, 1)), 0.0, atol=1e-5)
+        np.testing.assert_allclose(group.var(axis=(0, 1)), 1.0, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def discriminator():
+    features = [jax.random.normal(jax.random.key(i), (8, 6, 16)) for i in range(2)]
+    condition = jax.random.normal(jax.random.key(9), (8, 12))
+    model = ProjectedDiscriminator(num_heads=2, cmap_dim=8)
+    variables = model.init(jax.random.key(0), features, condition, update_stats=False)
+    return model, variables, features, condition
+
+
+def test_projected_discriminator_logits_and_spectral_state(discriminator):
+    model, variables, features, condition = discriminator
+    assert set(variables) == {"params", "batch_stats"}  # the power-iteration vectors are state, not params
+    logits, updated = model.apply(variables, features, condition, update_stats=True, mutable=["batch_stats"])
+    assert logits.shape == (8, 12)
+    # After a few power iterations, every normalised kernel has spectral norm ~1.
+    stats = updated
+    for _ in range(30):
+        _, stats = model.apply({"params": variables["params"], **stats}, features, condition, update_stats=True, mutable=["batch_stats"])
+    kernel = variables["params"]["head_0"]["conv1"]["Conv_0"]["kernel"]
+    sigma = jax.tree_util.tree_leaves({k: v for k, v in stats["batch_stats"]["head_0"]["conv1"].items()})
+    true_sigma = np.linalg.svd(np.asarray(kernel).reshape(-1, kernel.shape[-1]), compute_uv=False)[0]
+    assert any(np.isclose(float(s), true_sigma, rtol=1e-3) for s in sigma if np.ndim(s) == 0)
+    # The condition projects the logits: another caption embedding gives other logits.
+    other = model.apply({"params": variables["params"], **stats}, features, -condition, update_stats=False)
+    assert not np.allclose(other, model.apply({"params": variables["params"], **stats}, features, condition, update_stats=False))
+
+
+def test_hinge_losses():
+    real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.5])
+    np.testing.assert_allclose(discriminator_loss(real, fake), (0 + 0.5) / 2 + (0 + 1.5) / 2)
+    mcm_wgan = jnp.mean(jnp.maximum(-1.0, -real)) + jnp.mean(jnp.maximum(-1.0, fake))
+    np.testing.assert_allclose(discriminator_loss(real, fake), mcm_wgan + 2.0, rtol=1e-6)
+    np.testing.assert_allclose(generator_loss(fake), 0.75)
+
+
+def test_gradient_penalty_of_a_linear_critic():
+    """With identity features and logits w . f, the gradient is w for every image: (|w| - 1)^2."""
+    w = jnp.array([3.0, 4.0])
+    real, fake = jnp.ones((4, 2)), jnp.zeros((4, 2))
+    penalty = feature_gradient_penalty(jax.random.key(0), real, fake, lambda x: [x], lambda feats: feats[0] @ w)
+    np.testing.assert_allclose(penalty, (5.0 - 1.0) ** 2, rtol=1e-6)
+
+
+def test_penalty_weight_grows_only_after_500_quiet_steps():
+    assert adapt_penalty_weight(1e-5, 200.0, 501) == (5e-5, 0)
+    assert adapt_penalty_weight(1e-5, 200.0, 500) == (1e-5, 501)
+    assert adapt_penalty_weight(1e-5, 50.0, 900) == (1e-5, 901)

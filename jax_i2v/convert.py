@@ -47,6 +47,7 @@ _INDEXED = (
     "to_out",
     "net",
     "layers",
+    "blocks",
 )
 # PyTorch nn.Embedding tables: (num, dim) in both layouts, `embedding` in Flax.
 _EMBEDDING_KEY = re.compile(r"(^|\.)(token|position)_embedding\.weight$")

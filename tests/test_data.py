@@ -1,16 +1,23 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from jax_i2v.data.moving_shapes import (
+    BLUR_SIGMA,
     COLOURS,
     COLOUR_NAMES,
     DIRECTION_NAMES,
     DIRECTIONS,
+    NOISE_STD,
     SHAPES,
+    WATERMARK_OPACITY,
     MovingShapesConfig,
     clip_caption,
+    gaussian_blur,
     generate_example,
     reverse_directions,
+    watermark,
 )
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, make_clip, sample_frame_indices, swap_left_right, training_dataset
@@ -137,6 +144,32 @@ def test_object_sizes_and_speeds_are_dataset_settings(built):
         assert example["masks"][0, :n].sum(axis=(-2, -1)).max() >= 0.2**2 * 16**2  # radius >= 0.2 * 16 px
     with pytest.raises(ValueError, match="bad radius or speed"):
         build_moving_shapes(data_dir, **dict(settings, min_speed=0.1, max_speed=0.05))
+
+
+def test_degraded_videos_are_the_clean_scene_blurred_noised_and_watermarked(built):
+    config = MovingShapesConfig(num_frames=6, resolution=32)
+    clean, degraded = (generate_example(3, 1, dataclasses.replace(config, quality=q)) for q in ("clean", "degraded"))
+    assert degraded["caption"] == clean["caption"]
+    np.testing.assert_array_equal(degraded["positions"], clean["positions"])
+    np.testing.assert_array_equal(degraded["masks"], clean["masks"])
+    np.testing.assert_array_equal(generate_example(3, 1, dataclasses.replace(config, quality="degraded"))["video"], degraded["video"])
+    difference = degraded["video"].astype(float) - clean["video"].astype(float)
+    mark = watermark(32).astype(bool)
+    assert 0.05 < mark.mean() < 0.2
+    free = ~clean["masks"].any(axis=1)  # pixels no object covers, (T, S, S)
+    # Background without the watermark: zero-mean noise of about NOISE_STD (blur keeps flat regions).
+    away = free & ~mark[None] & ~np.roll(mark, 2, axis=0)[None] & ~np.roll(mark, 2, axis=1)[None]
+    assert abs(difference[away].mean()) < 1.5 and 0.7 * NOISE_STD < difference[away].std() < 1.3 * NOISE_STD
+    # Under the watermark the frame moves towards white.
+    assert difference[free & mark[None]].mean() > 0.25 * WATERMARK_OPACITY * 255
+    # The blur softens edges (less gradient energy; total variation across a step edge stays).
+    blurred = gaussian_blur(clean["video"].astype(float), BLUR_SIGMA)
+    assert np.square(np.diff(blurred, axis=2)).mean() < 0.7 * np.square(np.diff(clean["video"].astype(float), axis=2)).mean()
+    settings = dict(num_frames=8, resolution=16, train_examples=4, test_examples=2, quality="degraded")
+    build_moving_shapes(built[0], **settings)
+    assert load_moving_shapes(built[0], "train", **settings)[0]["video"].shape == (8, 16, 16, 3)
+    with pytest.raises(ValueError, match="quality"):
+        MovingShapesConfig(quality="blurry")
 
 
 def test_hosts_see_their_rows_of_the_same_global_batches_and_resume_exactly(built):

@@ -5,6 +5,10 @@ background move at constant velocity along one of four directions and bounce off
 The caption names each shape, its colour and its initial direction: "a red circle moves left, a
 blue square moves down"; `clip_caption` describes any clip of a video the same way. Every example
 is a pure function of (seed, index).
+
+quality="degraded" renders the same scene as "clean" and then blurs it, adds pixel noise and a
+semi-transparent watermark: MCM's setting of low-quality training videos, for the teacher, next to
+high-quality images for its discriminator.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ COLOUR_NAMES = tuple(COLOURS)
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 DIRECTION_NAMES = tuple(DIRECTIONS)
 _OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+QUALITIES = ("clean", "degraded")
+# The degradation, in pixels of a 32-pixel frame (scaled with the resolution) and 0-255 levels.
+BLUR_SIGMA = 0.8
+NOISE_STD = 10.0
+WATERMARK_OPACITY = 0.4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,12 +49,15 @@ class MovingShapesConfig:
     max_radius: float = 0.16
     min_speed: float = 0.02  # fraction of the resolution per frame
     max_speed: float = 0.05
+    quality: str = "clean"  # or "degraded"
 
     def __post_init__(self):
         if self.num_frames < 2 or self.resolution < 8 or not 1 <= self.max_objects <= 3:
             raise ValueError(f"need num_frames >= 2, resolution >= 8, 1 <= max_objects <= 3; got {self}")
         if not 0 < self.min_radius <= self.max_radius < 0.5 or not 0 < self.min_speed <= self.max_speed:
             raise ValueError(f"bad radius or speed range in {self}")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"quality must be one of {QUALITIES}, got {self.quality!r}")
 
 
 def _article(word: str) -> str:
@@ -128,6 +140,36 @@ def clip_caption(example: dict, frame_indices: np.ndarray) -> str:
     return describe(np.asarray(example["shapes"])[:n], np.asarray(example["colours"])[:n], directions[:n])
 
 
+def watermark(size: int) -> np.ndarray:
+    """The watermark's coverage, (size, size) in [0, 1]: a cross of two diagonal bars in the
+    lower-right quarter, the same in every video."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    inside = (ys > 0.55) & (ys < 0.95) & (xs > 0.55) & (xs < 0.95)
+    bar = 0.05
+    cross = (np.abs((ys - 0.55) - (xs - 0.55)) < bar) | (np.abs((ys - 0.55) - (0.95 - xs)) < bar)
+    return (inside & cross).astype(np.float32)
+
+
+def gaussian_blur(video: np.ndarray, sigma: float) -> np.ndarray:
+    radius = max(1, int(np.ceil(2.5 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (1, 2):  # H, W of (T, H, W, 3), edges replicated
+        padded = np.pad(video, [(radius, radius) if a == axis else (0, 0) for a in range(4)], mode="edge")
+        video = sum(w * np.take(padded, np.arange(i, i + video.shape[axis]), axis=axis) for i, w in enumerate(taps))
+    return video
+
+
+def degrade(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(T, S, S, 3) uint8 -> the same, blurred, noisy and watermarked (white at WATERMARK_OPACITY)."""
+    size = video.shape[1]
+    frames = gaussian_blur(video.astype(np.float64), BLUR_SIGMA * size / 32)
+    frames = frames + rng.normal(0.0, NOISE_STD, frames.shape)
+    cover = WATERMARK_OPACITY * watermark(size)[None, :, :, None]
+    frames = (1.0 - cover) * frames + cover * 255.0
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+
 def generate_example(seed: int, index: int, config: MovingShapesConfig = MovingShapesConfig()) -> dict:
     """One example.
 
@@ -179,6 +221,8 @@ def generate_example(seed: int, index: int, config: MovingShapesConfig = MovingS
             masks[t, i] = mask
             covered |= mask
         video[t] = np.round(frame).astype(np.uint8)
+    if config.quality == "degraded":
+        video = degrade(video, rng)
     return dict(
         video=video,
         caption=describe(shapes[:n], colours[:n], directions[:n]),

@@ -34,10 +34,13 @@ class MovingShapesBuilderConfig(tfds.core.BuilderConfig):
     max_radius: float = MovingShapesConfig.max_radius
     min_speed: float = MovingShapesConfig.min_speed
     max_speed: float = MovingShapesConfig.max_speed
+    quality: str = MovingShapesConfig.quality  # "degraded": blurred, noisy, watermarked videos
 
     def generator_config(self) -> MovingShapesConfig:
         shape_and_motion = {name: getattr(self, name) for name in _SHAPE_AND_MOTION}
-        return MovingShapesConfig(num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, **shape_and_motion)
+        return MovingShapesConfig(
+            num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, quality=self.quality, **shape_and_motion
+        )
 
 
 class MovingShapes(tfds.core.GeneratorBasedBuilder):
@@ -80,7 +83,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
 
 def builder_config(**config) -> MovingShapesBuilderConfig:
     """A builder config from MovingShapesBuilderConfig fields (num_frames, resolution, max_objects,
-    train_examples, test_examples, seed, min/max_radius, min/max_speed); its name encodes them, so
+    train_examples, test_examples, seed, min/max_radius, min/max_speed, quality); its name encodes them, so
     different settings coexist."""
     fields = {f.name for f in dataclasses.fields(MovingShapesBuilderConfig)} - {
         f.name for f in dataclasses.fields(tfds.core.BuilderConfig)
@@ -93,6 +96,8 @@ def builder_config(**config) -> MovingShapesBuilderConfig:
     name = "f{num_frames}_r{resolution}_o{max_objects}_n{train_examples}-{test_examples}_s{seed}".format(**values)
     if any(values[k] != getattr(defaults, k) for k in _SHAPE_AND_MOTION):  # default names stay as they were
         name += "_rad{min_radius:g}-{max_radius:g}_v{min_speed:g}-{max_speed:g}".format(**values)
+    if values["quality"] != defaults.quality:
+        name += "_" + values["quality"]
     result = MovingShapesBuilderConfig(name=name, **values)
     result.generator_config()  # bad settings fail here, before a build
     return result

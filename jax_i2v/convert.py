@@ -13,7 +13,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -188,11 +188,7 @@ def read_unet_config(unet_dir: str) -> UNetConfig:
     path = unet_dir if unet_dir.endswith(".json") else os.path.join(unet_dir, CONFIG_NAME)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no UNet config at {path}")
-    with open(path) as f:
-        try:
-            return UNetConfig.from_diffusers(json.load(f))
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from e
+    return parse_config_file(path, UNetConfig.from_diffusers)
 
 
 def load_unet(unet_dir: str, dtype=jnp.float32, param_dtype=jnp.float32, **model_kwargs) -> tuple[VideoUNet, Params]:
@@ -229,6 +225,14 @@ _VIDEO_FIELDS = (
 _IMAGE_UNET_ONLY_OPTIONS = {"reverse_transformer_layers_per_block": None}
 
 
+def _image_unet_config(settings: dict) -> UNetConfig:
+    settings = dict(settings)
+    for key, default in _IMAGE_UNET_ONLY_OPTIONS.items():
+        if settings.pop(key, default) != default:
+            raise ValueError(f"{key} is not supported (only {default!r})")
+    return UNetConfig.from_diffusers(settings)
+
+
 def _is_video_only(path: tuple[str, ...]) -> bool:
     return any(name.startswith(_VIDEO_ONLY_MODULES) for name in path)
 
@@ -242,16 +246,8 @@ def inflate_unet(image_unet_dir: str, model: VideoUNet, params: Params) -> Param
     layer zero, the model then computes the image UNet on every frame (with first-frame attention
     off). The spatial architecture of `model.config` must equal the folder's.
     """
-    config_dict, state_dict, weights = _read_model_folder(image_unet_dir, "image UNet")
+    image, state_dict, weights = _read_model_folder(image_unet_dir, "image UNet", _image_unet_config)
     config_path = os.path.join(image_unet_dir, CONFIG_NAME)
-    config_dict = dict(config_dict)
-    for key, default in _IMAGE_UNET_ONLY_OPTIONS.items():
-        if config_dict.pop(key, default) != default:
-            raise ValueError(f"{config_path}: {key} is not supported (only {default!r})")
-    try:
-        image = UNetConfig.from_diffusers(config_dict)
-    except ValueError as e:
-        raise ValueError(f"{config_path}: {e}") from e
     differ = [
         f"{f.name}: {getattr(image, f.name)!r} there, {getattr(model.config, f.name)!r} here"
         for f in dataclasses.fields(UNetConfig)
@@ -285,15 +281,26 @@ def _write_model_folder(
         json.dump(config, f, indent=2)
 
 
-def _read_model_folder(folder: str, what: str, weights_name: str = WEIGHTS_NAME) -> tuple[dict, dict[str, np.ndarray], str]:
-    """(config dict, state dict, weights path) of a diffusers model folder, or an error naming the
-    missing file."""
+def parse_config_file(path: str, parse: Callable[[dict], Any]) -> Any:
+    """`parse` of the JSON at `path`; a bad setting is a ValueError that names the file."""
+    with open(path) as f:
+        settings = json.load(f)
+    try:
+        return parse(settings)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _read_model_folder(
+    folder: str, what: str, parse: Callable[[dict], Any], weights_name: str = WEIGHTS_NAME
+) -> tuple[Any, dict[str, np.ndarray], str]:
+    """(parsed config, state dict, weights path) of a model folder; errors name the missing file
+    or the config file with the bad setting."""
     config_path, weights = os.path.join(folder, CONFIG_NAME), os.path.join(folder, weights_name)
     for path in (config_path, weights):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {what} {'config' if path == config_path else 'weights'} at {path}")
-    with open(config_path) as f:
-        return json.load(f), load_file(weights), weights
+    return parse_config_file(config_path, parse), load_file(weights), weights
 
 
 # Attention names of VAE checkpoints written before diffusers 0.14, renamed as diffusers renames them.
@@ -307,11 +314,7 @@ def _modern_vae_key(key: str) -> str:
 
 def load_vae(vae_dir: str, decode_chunk: int = 8, dtype=jnp.float32) -> KLCodec:
     """Loads a diffusers `vae/` folder (AutoencoderKL) as a latent codec."""
-    config_dict, state_dict, weights = _read_model_folder(vae_dir, "VAE")
-    try:
-        config = AutoencoderKLConfig.from_diffusers(config_dict)
-    except ValueError as e:
-        raise ValueError(f"{os.path.join(vae_dir, CONFIG_NAME)}: {e}") from e
+    config, state_dict, weights = _read_model_folder(vae_dir, "VAE", AutoencoderKLConfig.from_diffusers)
     state_dict = {_modern_vae_key(k): v for k, v in state_dict.items()}
     flat = convert_state_dict(state_dict, vae_param_shapes(config), weights, "the VAE config")
     params = jax.tree_util.tree_map(jnp.asarray, traverse_util.unflatten_dict(flat))
@@ -340,11 +343,7 @@ _TEXT_MODEL_PREFIX = "text_model."
 
 def load_text_encoder(text_encoder_dir: str, tokenizer_dir: str, dtype=jnp.float32) -> CLIPTextEncoder:
     """Loads a diffusers pipeline's `text_encoder/` (CLIPTextModel) and `tokenizer/` folders."""
-    config_dict, state_dict, weights = _read_model_folder(text_encoder_dir, "text encoder", TEXT_WEIGHTS_NAME)
-    try:
-        config = CLIPTextConfig.from_transformers(config_dict)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{os.path.join(text_encoder_dir, CONFIG_NAME)}: {e}") from e
+    config, state_dict, weights = _read_model_folder(text_encoder_dir, "text encoder", CLIPTextConfig.from_transformers, TEXT_WEIGHTS_NAME)
     state_dict = {k.removeprefix(_TEXT_MODEL_PREFIX): v for k, v in state_dict.items()}
     state_dict.pop("embeddings.position_ids", None)  # a buffer older transformers saved
     flat = convert_state_dict(state_dict, clip_param_shapes(config), weights, "the text encoder config")

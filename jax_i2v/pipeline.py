@@ -21,7 +21,7 @@ import tqdm
 
 from jax_i2v import media
 from jax_i2v.config_utils import config_from_dict, dtype, unet_config
-from jax_i2v.convert import load_text_encoder, load_unet, load_vae, save_text_encoder, save_unet, save_vae
+from jax_i2v.convert import load_text_encoder, load_unet, load_vae, parse_config_file, save_text_encoder, save_unet, save_vae
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
@@ -114,13 +114,7 @@ class I2VPipeline:
             raise FileNotFoundError(f"not a diffusers pipeline folder, missing: {', '.join(missing)}")
         path = functools.partial(os.path.join, folder)
         unet, params = load_unet(path("unet"), dtype=dtype, **unet_kwargs)
-        with open(path("scheduler", SCHEDULER_CONFIG_NAME)) as f:
-            try:
-                settings = json.load(f)
-                kind = LCMConfig if settings.get("_class_name") == "LCMScheduler" else DDIMConfig
-                scheduler = kind.from_diffusers(settings)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path('scheduler', SCHEDULER_CONFIG_NAME)}: {e}") from e
+        scheduler = parse_config_file(path("scheduler", SCHEDULER_CONFIG_NAME), _scheduler_from_diffusers)
         return cls(
             unet,
             params,
@@ -302,6 +296,11 @@ class I2VPipeline:
             raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
         videos = [self(image, prompt, seed=seed + i, **kwargs) for i, (image, prompt) in enumerate(zip(images, prompts))]
         return np.concatenate(videos)
+
+
+def _scheduler_from_diffusers(settings: dict) -> DDIMConfig | LCMConfig:
+    kind = LCMConfig if settings.get("_class_name") == "LCMScheduler" else DDIMConfig
+    return kind.from_diffusers(settings)
 
 
 def _padded_timesteps(scheduler: DDIMConfig | LCMConfig, num_steps: int) -> np.ndarray:

@@ -30,7 +30,7 @@ from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
-from jax_i2v.diffusion.lcm import LCMConfig, schedule_settings
+from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.pipeline import I2VPipeline, save_videos, scheduler_from_config
@@ -116,7 +116,7 @@ def run(args) -> dict:
     if args.sampler == "lcm" and not isinstance(pipe.scheduler, LCMConfig):
         pipe = dataclasses.replace(pipe, scheduler=LCMConfig.with_schedule_of(pipe.scheduler, timestep_scaling=args.lcm_timestep_scaling))
     elif args.sampler == "ddim" and isinstance(pipe.scheduler, LCMConfig):
-        pipe = dataclasses.replace(pipe, scheduler=DDIMConfig(**schedule_settings(pipe.scheduler)))
+        pipe = dataclasses.replace(pipe, scheduler=DDIMConfig(**pipe.scheduler.schedule_settings()))
     consistency = isinstance(pipe.scheduler, LCMConfig)
     steps = args.steps or (4 if consistency else 50)
     text_guidance = args.text_guidance if args.text_guidance is not None else (1.0 if consistency else 7.5)

@@ -7,6 +7,8 @@ import shutil
 
 from tokenizers import pre_tokenizers
 
+from jax_i2v.pipeline import MODEL_INDEX
+
 WORDS = ("a", "red", "circle", "moves", "left", "slowly", "the", "blue", "square", "right")
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TINY_VAE = dict(
@@ -85,15 +87,7 @@ def write_tiny_pipeline(folder: pathlib.Path, unet_dir: pathlib.Path, torch, dif
     shutil.copytree(unet_dir, folder / "unet")
     scheduler = diffusers.DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)
     scheduler.save_pretrained(folder / "scheduler")
-    index = {"_class_name": "ConditionalAnimationPipeline", "unet": ["consisti2v.models.videoldm_unet", "VideoLDMUNet3DConditionModel"]}
-    for name, (library, cls) in dict(
-        vae=("diffusers", "AutoencoderKL"),
-        text_encoder=("transformers", "CLIPTextModel"),
-        tokenizer=("transformers", "CLIPTokenizer"),
-        scheduler=("diffusers", "DDIMScheduler"),
-    ).items():
-        index[name] = [library, cls]
-    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "model_index.json").write_text(json.dumps(MODEL_INDEX))  # what save_pretrained writes too
     return folder
 
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.diffusion import progress
-from jax_i2v.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule, make_schedule, split_prediction
-from jax_i2v.models.config import from_diffusers_dict
+from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, split_prediction
+from jax_i2v.models.config import from_diffusers_dict, to_diffusers_dict
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # diffusers scheduler_config.json keys that do not change what DDIM computes here (the
@@ -33,33 +33,21 @@ _UNSUPPORTED_IF_SET = {"thresholding": False, "trained_betas": None}
 
 
 @dataclasses.dataclass(frozen=True)
-class DDIMConfig:
+class DDIMConfig(ScheduleConfig):
     """Scheduler settings; the defaults are ConsistI2V's (`configs/inference/inference.yaml`)."""
 
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
     steps_offset: int = 1
     timestep_spacing: str = "leading"
     set_alpha_to_one: bool = True
-    prediction_type: str = "epsilon"
     clip_sample: bool = False
     clip_sample_range: float = 1.0
-    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self):
-        if self.beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        super().__post_init__()
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
             raise ValueError("rescale_betas_zero_snr needs prediction_type='v_prediction': at zero SNR the clean sample cannot be recovered from a noise prediction")
-
-    def schedule(self) -> NoiseSchedule:
-        return make_schedule(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.rescale_betas_zero_snr)
 
     @classmethod
     def from_diffusers(cls, scheduler_config: Mapping[str, Any]) -> "DDIMConfig":
@@ -69,7 +57,7 @@ class DDIMConfig:
 
     def to_diffusers(self) -> dict[str, Any]:
         """The `scheduler_config.json` of the equivalent diffusers `DDIMScheduler`."""
-        return {"_class_name": "DDIMScheduler", **dataclasses.asdict(self), **_UNSUPPORTED_IF_SET}
+        return to_diffusers_dict(self, "DDIMScheduler", _UNSUPPORTED_IF_SET)
 
 
 def check_num_steps(num_steps: int, config: DDIMConfig) -> None:

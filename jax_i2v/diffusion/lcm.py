@@ -15,12 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.diffusion import progress
-from jax_i2v.diffusion.schedules import BETA_SCHEDULES, PREDICTION_TYPES, NoiseSchedule, make_schedule, per_video, split_prediction
-from jax_i2v.models.config import from_diffusers_dict
+from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, per_video, split_prediction
+from jax_i2v.models.config import from_diffusers_dict, to_diffusers_dict
 
 SIGMA_DATA = 0.5
-# What DDIMConfig and LCMConfig share: the model's training noise schedule and output type.
-SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "rescale_betas_zero_snr")
 _IGNORED_DIFFUSERS_KEYS = {
     "_class_name",
     "_diffusers_version",
@@ -32,11 +30,6 @@ _IGNORED_DIFFUSERS_KEYS = {
 # LCMScheduler settings this sampler implements only at these values.
 _FIXED = {"thresholding": False, "trained_betas": None, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0,
           "timestep_spacing": "leading"}
-
-
-def schedule_settings(scheduler) -> dict[str, Any]:
-    """The SCHEDULE_FIELDS of a DDIMConfig or LCMConfig."""
-    return {name: getattr(scheduler, name) for name in SCHEDULE_FIELDS}
 
 
 def boundary_scalings(timesteps, timestep_scaling: float = 4.0, sigma_data: float = SIGMA_DATA):
@@ -74,24 +67,11 @@ def lcm_timesteps(num_steps: int, original_steps: int = 50, num_train_timesteps:
 
 
 @dataclasses.dataclass(frozen=True)
-class LCMConfig:
+class LCMConfig(ScheduleConfig):
     """The consistency sampler's settings; the schedule must be the teacher's."""
 
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "linear"
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    prediction_type: str = "epsilon"
-    rescale_betas_zero_snr: bool = False
     timestep_scaling: float = 4.0
     original_inference_steps: int = 50
-
-    def __post_init__(self):
-        if self.beta_schedule not in BETA_SCHEDULES or self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unsupported schedule {self.beta_schedule!r} / prediction {self.prediction_type!r}")
-
-    def schedule(self) -> NoiseSchedule:
-        return make_schedule(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.rescale_betas_zero_snr)
 
     def timesteps(self, num_steps: int) -> np.ndarray:
         return lcm_timesteps(num_steps, self.original_inference_steps, self.num_train_timesteps)
@@ -104,16 +84,16 @@ class LCMConfig:
         return out
 
     @classmethod
-    def with_schedule_of(cls, scheduler, **overrides) -> "LCMConfig":
+    def with_schedule_of(cls, scheduler: ScheduleConfig, **overrides) -> "LCMConfig":
         """The sampler for a model trained with `scheduler`'s noise schedule (e.g. a DDIMConfig)."""
-        return cls(**schedule_settings(scheduler), **overrides)
+        return cls(**scheduler.schedule_settings(), **overrides)
 
     @classmethod
     def from_diffusers(cls, scheduler_config: Mapping[str, Any]) -> "LCMConfig":
         return from_diffusers_dict(cls, scheduler_config, _FIXED, _IGNORED_DIFFUSERS_KEYS, "LCM scheduler")
 
     def to_diffusers(self) -> dict[str, Any]:
-        return {"_class_name": "LCMScheduler", **dataclasses.asdict(self), **_FIXED}
+        return to_diffusers_dict(self, "LCMScheduler", _FIXED)
 
 
 def lcm_step(schedule: NoiseSchedule, config: LCMConfig, model_output, timestep, next_timestep, sample, noise):

@@ -6,6 +6,9 @@ Latents are channels-last `(B, F, H, W, C)`; timesteps are integer arrays of sha
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,32 @@ class NoiseSchedule:
     @property
     def num_train_timesteps(self) -> int:
         return self.betas.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The noise schedule a model was trained with and what its output predicts: the settings every
+    sampler of that model shares (DDIMConfig and LCMConfig extend it)."""
+
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    prediction_type: str = "epsilon"
+    rescale_betas_zero_snr: bool = False
+
+    def __post_init__(self):
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+
+    def schedule(self) -> "NoiseSchedule":
+        return make_schedule(self.beta_schedule, self.beta_start, self.beta_end, self.num_train_timesteps, self.rescale_betas_zero_snr)
+
+    def schedule_settings(self) -> dict[str, Any]:
+        """Just the ScheduleConfig fields: to build another sampler for the same model."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ScheduleConfig)}
 
 
 def make_schedule(

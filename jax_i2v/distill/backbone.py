@@ -22,6 +22,7 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from jax_i2v.convert import convert_state_dict
+from jax_i2v.models.attention import dot_product_attention
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,9 +67,7 @@ class _Attention(nn.Module):
     def __call__(self, x):
         n, t, d = x.shape
         q, k, v = (a.reshape(n, t, self.heads, d // self.heads) for a in jnp.split(nn.Dense(3 * d, name="qkv")(x), 3, axis=-1))
-        logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / np.sqrt(d // self.heads)
-        out = jnp.einsum("nhqk,nkhd->nqhd", jax.nn.softmax(logits, axis=-1), v).reshape(n, t, d)
-        return nn.Dense(d, name="proj")(out)
+        return nn.Dense(d, name="proj")(dot_product_attention(q, k, v).reshape(n, t, d))
 
 
 class _MLP(nn.Module):

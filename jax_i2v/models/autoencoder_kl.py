@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -18,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jax_i2v.models.config import from_diffusers_dict
+from jax_i2v.models.attention import dot_product_attention
+from jax_i2v.models.config import from_diffusers_dict, to_diffusers_dict
 from jax_i2v.models.layers import Downsample2D, ResnetBlock2D, Upsample2D, frame_group_norm
 
 Dtype = Any
@@ -80,11 +80,7 @@ class AutoencoderKLConfig:
         return from_diffusers_dict(cls, cfg, _FIXED_DIFFUSERS_OPTIONS, _IGNORED_DIFFUSERS_KEYS, "VAE")
 
     def to_diffusers(self) -> dict[str, Any]:
-        out = {"_class_name": "AutoencoderKL", **_FIXED_DIFFUSERS_OPTIONS}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return to_diffusers_dict(self, "AutoencoderKL", _FIXED_DIFFUSERS_OPTIONS)
 
 
 class VAEAttention(nn.Module):
@@ -99,10 +95,8 @@ class VAEAttention(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         n, h, w, c = x.shape
         tokens = frame_group_norm(self.groups, VAE_NORM_EPS, name="group_norm", **kw)(x).reshape(n, h * w, c)
-        q, k, v = (nn.Dense(c, name=name, **kw)(tokens) for name in ("to_q", "to_k", "to_v"))
-        logits = jnp.einsum("nqc,nkc->nqk", q, k) / math.sqrt(c)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = nn.Dense(c, name="to_out_0", **kw)(jnp.einsum("nqk,nkc->nqc", weights, v))
+        q, k, v = (nn.Dense(c, name=name, **kw)(tokens)[:, :, None] for name in ("to_q", "to_k", "to_v"))  # one head
+        out = nn.Dense(c, name="to_out_0", **kw)(dot_product_attention(q, k, v)[:, :, 0])
         return x + out.reshape(n, h, w, c)
 
 

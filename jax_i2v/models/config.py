@@ -191,11 +191,7 @@ class UNetConfig:
 
     def to_diffusers(self) -> dict[str, Any]:
         """The config.json dict the reference `VideoLDMUNet3DConditionModel` accepts."""
-        out = {"_class_name": REFERENCE_CLASS_NAME}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
-        out.update(_FIXED_DIFFUSERS_OPTIONS)
+        out = to_diffusers_dict(self, REFERENCE_CLASS_NAME, _FIXED_DIFFUSERS_OPTIONS)
         # Unused without an addition embedding, but diffusers writes it into every UNet config.
         out["addition_embed_type_num_heads"] = 64
         return out
@@ -220,3 +216,14 @@ def from_diffusers_dict(cls, cfg: Mapping[str, Any], fixed: Mapping[str, Any], i
     if unsupported:
         raise ValueError(f"{what} config.json uses unsupported options: {unsupported}")
     return cls(**kwargs)
+
+
+def to_diffusers_dict(config, class_name: str, fixed: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `from_diffusers_dict`: `_class_name`, every field (tuples as lists) and the
+    fixed options at their supported values."""
+    out = {"_class_name": class_name}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    out.update(fixed)
+    return out

@@ -117,6 +117,11 @@ class TextConditioning:
         return TrainedTextEncoder(self.module, text_params, self.caption_transform)
 
 
+def _frozen(encoder) -> TextConditioning:
+    """A parameter-free (or frozen) encoder run in the input pipeline: batches carry embeddings."""
+    return TextConditioning(None, encoder.encode, "text", encoder.encode([""])[0], fixed_encoder=encoder)
+
+
 def text_conditioning(text_config, text_len: int, cross_attention_dim: int) -> TextConditioning:
     """From an experiment's `text_encoder` section (a dict-like; kind "hashed" if empty).
 
@@ -138,12 +143,12 @@ def text_conditioning(text_config, text_len: int, cross_attention_dim: int) -> T
                 f"the CLIP tower gives {encoder.tokenizer.max_length} x {encoder.config.hidden_size} text embeddings; "
                 f"data.text_len and the UNet's cross_attention_dim say {text_len} x {cross_attention_dim}"
             )
-        return TextConditioning(None, encoder.encode, "text", encoder.encode([""])[0], fixed_encoder=encoder)
+        return _frozen(encoder)
     if kind == "hashed":
         if text_config:
             raise ValueError(f"config.text_encoder: the hashed encoder takes no settings, got {sorted(text_config)}")
         encoder = HashedWordEncoder(text_len, cross_attention_dim)
-        return TextConditioning(None, encoder.encode, "text", encoder.encode([""])[0], fixed_encoder=encoder)
+        return _frozen(encoder)
     known = {"vocab_size", "width", "layers", "heads"}
     if set(text_config) - known:
         raise ValueError(f"config.text_encoder: unknown keys {sorted(set(text_config) - known)}; known keys: {sorted(known | {'kind'})}")

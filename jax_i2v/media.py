@@ -68,6 +68,29 @@ def resize_and_center_crop(image: np.ndarray, height: int, width: int) -> np.nda
     return center_crop(resize_to_cover(image, height, width), height, width)
 
 
+def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], rng: np.random.Generator,
+                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width) as torchvision's RandomResizedCrop draws it: an area
+    fraction in `scale` and a log-uniform aspect ratio, ten tries, then the centre crop whose
+    aspect ratio is clamped to `ratio`."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def to_model_range(images: np.ndarray) -> np.ndarray:
     """uint8 -> float32 in [-1, 1]."""
     return images.astype(np.float32) / 127.5 - 1.0

@@ -1,13 +1,19 @@
-"""Grain input pipeline for captioned video clips (ConsistI2V's sampling, `dataset.py:183-315`).
+"""Grain input pipelines: captioned video clips as each paper samples them, and captioned images.
 
-Per example: frame stride s ~ U{lo..hi}, clip_len = min(T, (F - 1) s + 1), a random start and F
-indices linspace(start, start + clip_len - 1, F); the whole clip is flipped horizontally with
-probability 1/2 (swapping "left" and "right" in the caption, which names motion directions;
-datasets whose motion changes within a video caption each clip through `clip_caption`);
-frames are resized (short side) and centre-cropped, then scaled to [-1, 1]. Each host decodes only
-its rows of each global batch; shuffling and the random draws are deterministic in the seed and
-independent of the host count, and the iterator's state is saved with checkpoints so a resumed
-run sees the same data order.
+Clips (`make_clip`), ConsistI2V's rule (`dataset.py:183-315`, `consisti2v_clips`): frame stride
+s ~ U{lo..hi}, clip_len = min(T, (F - 1) s + 1), a random start and F indices
+linspace(start, start + clip_len - 1, F) (a shorter video gives a clip over all of it, stride still
+s); MCM's (`mcm_clips`): stride 8, F frames spanning (F - 1) 8 + 1, videos that short are an error
+(build with that `min_frames`). The whole clip is flipped horizontally with probability 1/2 when
+configured (swapping "left" and "right" in the caption, which names motion directions; datasets
+whose motion changes within a video caption each clip through `clip_caption`); frames are resized
+(short side) and centre-cropped, or cropped by one random resized box for the whole clip, then
+scaled to [-1, 1]. Examples hold either decoded frames (`video`: (T, H, W, 3) uint8) or an encoded
+file (`video`: bytes with `num_frames`), of which only the clip's frames are decoded.
+
+Each host decodes only its rows of each global batch; shuffling and the random draws are
+deterministic in the seed and independent of the host count, and the iterator's state is saved
+with checkpoints so a resumed run sees the same data order.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ import grain
 import numpy as np
 
 from jax_i2v import media
+from jax_i2v.data.decode import decode_frames, decode_image
 from jax_i2v.text import caption_text
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+
+
+CROPS = ("center", "random_resized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,11 +41,46 @@ class ClipConfig:
     resolution: int = 256
     stride_range: tuple[int, int] = (1, 5)
     random_flip: bool = True
+    crop: str = "center"  # or "random_resized": one box for the whole clip
+    crop_scale: tuple[float, float] = (0.75, 1.0)  # random_resized: the box's share of the frame area
+    # A video shorter than the stride's span gives a clip over all of it (ConsistI2V); False: an
+    # error (MCM, whose datasets are built without such videos).
+    shorten: bool = True
 
     def __post_init__(self):
         lo, hi = self.stride_range
         if self.num_frames < 2 or self.resolution < 1 or not 1 <= lo <= hi:
             raise ValueError(f"need num_frames >= 2, resolution >= 1 and 1 <= stride_range[0] <= [1]; got {self}")
+        if self.crop not in CROPS:
+            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {self.crop_scale}")
+
+    @property
+    def min_video_frames(self) -> int:
+        """The frames a video needs for a clip at the largest stride without shortening."""
+        return (self.num_frames - 1) * self.stride_range[1] + 1
+
+
+def consisti2v_clips(resolution: int = 256, num_frames: int = 16) -> ClipConfig:
+    """ConsistI2V's training clips: stride 1-5, shortened for short videos, flip, centre crop."""
+    return ClipConfig(num_frames, resolution, (1, 5), random_flip=True, crop="center")
+
+
+def mcm_clips(resolution: int = 256, num_frames: int = 16) -> ClipConfig:
+    """MCM's WebVid clips: stride 8, no flip, one RandomResizedCrop(scale (0.75, 1)) per clip."""
+    return ClipConfig(num_frames, resolution, (8, 8), random_flip=False, crop="random_resized", crop_scale=(0.75, 1.0), shorten=False)
+
+
+def video_length(example: dict) -> int:
+    video = example["video"]
+    return int(example["num_frames"]) if isinstance(video, bytes) else len(video)
+
+
+def video_frames(example: dict, indices) -> np.ndarray:
+    """Frames `indices` of an example's video, decoded or not -> (len(indices), H, W, 3) uint8."""
+    video = example["video"]
+    return decode_frames(video, indices) if isinstance(video, bytes) else np.asarray(video)[np.asarray(indices)]
 
 
 def swap_left_right(caption: str) -> str:
@@ -54,22 +99,30 @@ ClipCaption = Callable[[dict, np.ndarray], str]
 
 
 def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator, clip_caption: Optional[ClipCaption] = None) -> dict:
-    """{"video": (T, H, W, 3) uint8, "caption": str|bytes} -> {"video": (F, R, R, 3) float32 in
-    [-1, 1], "caption": str, "frame_stride": float32, "frame_indices": (F,) int64, "flipped": bool}.
+    """{"video": (T, H, W, 3) uint8 or encoded bytes (with "num_frames"), "caption": str|bytes} ->
+    {"video": (F, R, R, 3) float32 in [-1, 1], "caption": str, "frame_stride": float32,
+    "frame_indices": (F,) int64, "flipped": bool}.
 
     The caption is the example's, or clip_caption(example, frame_indices) when given."""
-    video = np.asarray(example["video"])
+    length = video_length(example)
     lo, hi = config.stride_range
     stride = int(rng.integers(lo, hi + 1))
-    indices = sample_frame_indices(video.shape[0], config.num_frames, stride, rng)
+    if not config.shorten and length < (config.num_frames - 1) * stride + 1:
+        source = caption_text(example.get("source", b"")) or "a video"
+        raise ValueError(f"{source} has {length} frames, fewer than {config.num_frames} frames at stride {stride} span")
+    indices = sample_frame_indices(length, config.num_frames, stride, rng)
     caption = clip_caption(example, indices) if clip_caption else caption_text(example["caption"])
-    clip = video[indices]
+    clip = video_frames(example, indices)
     flipped = bool(config.random_flip and rng.random() < 0.5)
     if flipped:
         clip = clip[:, :, ::-1]
         caption = swap_left_right(caption)
     r = config.resolution
-    clip = np.stack([media.resize_and_center_crop(np.ascontiguousarray(frame), r, r) for frame in clip])
+    if config.crop == "random_resized":
+        top, left, h, w = media.random_resized_crop_box(clip.shape[1], clip.shape[2], config.crop_scale, rng)
+        clip = np.stack([media.resize(np.ascontiguousarray(frame[top : top + h, left : left + w]), r, r) for frame in clip])
+    else:
+        clip = np.stack([media.resize_and_center_crop(np.ascontiguousarray(frame), r, r) for frame in clip])
     return {
         "video": media.to_model_range(clip),
         "caption": caption,
@@ -77,6 +130,36 @@ def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator, clip_
         "frame_indices": indices,
         "flipped": np.bool_(flipped),
     }
+
+
+def make_image(example: dict, resolution: int, rng: np.random.Generator, crop_scale: tuple[float, float] = (0.5, 1.0)) -> dict:
+    """{"image": encoded bytes or (H, W, 3) uint8, "caption"} -> {"image": (R, R, 3) float32 in
+    [-1, 1], "caption": str}: one RandomResizedCrop(scale `crop_scale`), as MCM reads its image sets."""
+    image = example["image"]
+    image = decode_image(image) if isinstance(image, bytes) else np.asarray(image)
+    top, left, h, w = media.random_resized_crop_box(image.shape[0], image.shape[1], crop_scale, rng)
+    crop = media.resize(np.ascontiguousarray(image[top : top + h, left : left + w]), resolution, resolution)
+    return {"image": media.to_model_range(crop), "caption": caption_text(example["caption"])}
+
+
+def _read_options(read_threads: int) -> grain.ReadOptions:
+    # Each thread makes whole batches; a few batches ahead per thread, not Grain's default 500
+    # (hundreds of MB per batch at 16 x 256 x 256 frames).
+    return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
+
+
+def _batched_stream(source, element_fn, global_batch_size: int, seed: int, shard_index: int, shard_count: int,
+                    read_threads: int) -> grain.IterDataset:
+    """This host's rows of an infinite stream of global batches of element_fn(example, rng),
+    reshuffled every epoch: global batch b holds stream elements [b G, (b + 1) G), and host h
+    reads and decodes only rows [h G / H, (h + 1) G / H) of it."""
+    if global_batch_size % shard_count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by {shard_count} hosts")
+    if read_threads < 1:
+        raise ValueError(f"read_threads must be >= 1, got {read_threads}")
+    per_host = global_batch_size // shard_count
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).random_map(element_fn, seed=seed + 1).repeat(None)
+    return ds.batch(per_host, drop_remainder=True, batch_fn=_stack)[shard_index::shard_count]
 
 
 def training_dataset(
@@ -89,24 +172,32 @@ def training_dataset(
     caption_transform: Optional[Callable[[Sequence[str]], np.ndarray]] = None,
     caption_key: str = "text",
     clip_caption: Optional[ClipCaption] = None,
+    read_threads: int = 16,
+    num_workers: int = 0,
 ) -> grain.IterDataset:
-    """This host's rows of an infinite stream of global batches, reshuffled every epoch.
-
-    The global stream (shuffle, clip sampling with per-element random draws) does not depend on
-    the number of hosts: global batch b holds stream elements [b G, (b + 1) G), and host h reads and
-    decodes only rows [h G / H, (h + 1) G / H) of it. Training on 1 or N hosts sees the same data.
-    With `caption_transform` (prompts -> array, e.g. embeddings or token ids), batches carry its
-    output under `caption_key` instead of the caption strings; `clip_caption` as in `make_clip`.
-    """
-    if global_batch_size % shard_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by {shard_count} hosts")
-    per_host = global_batch_size // shard_count
-    ds = grain.MapDataset.source(source).shuffle(seed=seed)
-    ds = ds.random_map(lambda example, rng: make_clip(example, config, rng, clip_caption), seed=seed + 1).repeat(None)
-    ds = ds.batch(per_host, drop_remainder=True, batch_fn=_stack)[shard_index::shard_count]
-    if caption_transform is not None:
+    """This host's rows of an infinite stream of global batches of clips (see `_batched_stream`):
+    training on 1 or N hosts sees the same data. With `caption_transform` (prompts -> array, e.g.
+    embeddings or token ids), batches carry its output under `caption_key` instead of the caption
+    strings; `clip_caption` as in `make_clip`. `read_threads` make batches in parallel; with
+    `num_workers` > 0 they run in that many worker processes (video decoding at scale), with the
+    same batches and a checkpointable state either way."""
+    ds = _batched_stream(source, lambda example, rng: make_clip(example, config, rng, clip_caption), global_batch_size, seed,
+                         shard_index, shard_count, read_threads)
+    ds = ds.to_iter_dataset(_read_options(read_threads))
+    if num_workers:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    if caption_transform is not None:  # here, not in the workers: it may be a JAX text encoder
         ds = ds.map(lambda batch: _transform_captions(batch, caption_transform, caption_key))
-    return ds.to_iter_dataset()
+    return ds
+
+
+def image_dataset(source: Sequence[dict], resolution: int, global_batch_size: int, seed: int, shard_index: int = 0,
+                  shard_count: int = 1, crop_scale: tuple[float, float] = (0.5, 1.0), read_threads: int = 16) -> grain.IterDataset:
+    """This host's rows of an infinite stream of global batches of {"image": (B, R, R, 3) in
+    [-1, 1], "caption": [str]}: MCM's high-quality images for its frame discriminator."""
+    ds = _batched_stream(source, lambda example, rng: make_image(example, resolution, rng, crop_scale), global_batch_size, seed,
+                         shard_index, shard_count, read_threads)
+    return ds.to_iter_dataset(_read_options(read_threads))
 
 
 def _stack(examples: Sequence[dict]) -> dict:

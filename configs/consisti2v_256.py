@@ -7,7 +7,7 @@ Pretraining as the paper did reads a local copy of stabilityai/stable-diffusion-
 vae/, text_encoder/, tokenizer/ and unet/ folders; nothing is downloaded):
 
   python launch/train.py --config=configs/consisti2v_256.py --workdir=runs/consisti2v \
-      --config.pretrained_dir=/data/stable-diffusion-2-1-base --config.data.dir=/data/webvid_tfds
+      --config.pretrained_dir=/data/stable-diffusion-2-1-base --config.data.dir=data/video_text/webvid/1.0.0
 
 The optimisation and objective are the reference's training.yaml (section 2 of the spec).
 """
@@ -49,7 +49,11 @@ def get_config():
         )
     )
     config.data = ml_collections.ConfigDict(
-        dict(frames=16, resolution=256, latent_size=32, latent_channels=4, text_len=77, stride_range=(1, 5), random_flip=True)
+        # WebVid as the reference reads it: a dataset built from its JSONL + video folder by
+        # launch/build_dataset.py (dir: the printed folder), or its latents (source "latents").
+        dict(source="videos", dir="data/video_text/webvid/1.0.0", frames=16, resolution=256, latent_size=32, latent_channels=4,
+             text_len=77, stride_range=(1, 5), random_flip=True, crop="center", crop_scale=(0.75, 1.0), shorten=True,
+             read_threads=16, num_workers=8)
     )
     config.codec = ml_collections.ConfigDict(dict(kind="autoencoder_kl", dir=pretrained + "/vae", decode_chunk=8))
     config.text_encoder = ml_collections.ConfigDict(

@@ -38,6 +38,9 @@ def get_config():
     )
     config.data = ml_collections.ConfigDict(
         dict(
+            # "moving_shapes" (built under dir if missing), "videos" (dir: a dataset folder from
+            # launch/build_dataset.py) or "latents" (dir: a cache from launch/cache_latents.py).
+            source="moving_shapes",
             frames=8,
             resolution=32,
             latent_size=8,
@@ -45,6 +48,11 @@ def get_config():
             text_len=16,  # start token + 5 words per object
             stride_range=(1, 2),
             random_flip=True,
+            crop="center",  # or "random_resized" (crop_scale: its share of the frame area)
+            crop_scale=(0.75, 1.0),
+            shorten=True,  # videos shorter than a stride's span give a clip over all of them
+            read_threads=16,  # Grain threads making batches
+            num_workers=0,  # Grain worker processes (decoding real videos at scale)
             dir="data/moving_shapes",
             build_if_missing=True,
             # The stored dataset (jax_i2v.data.moving_shapes_tfds.MovingShapesBuilderConfig). Objects

@@ -189,3 +189,27 @@ def test_hosts_see_their_rows_of_the_same_global_batches_and_resume_exactly(buil
     resumed.set_state(state)
     for want in following:
         np.testing.assert_array_equal(next(resumed)["video"], want)
+
+
+def test_worker_processes_give_the_same_batches_and_resume(built):
+    data_dir, settings = built
+    source = load_moving_shapes(data_dir, "train", **settings)
+    config = ClipConfig(num_frames=4, resolution=16)
+    count_words = dict(caption_transform=lambda captions: np.array([len(c.split()) for c in captions]), caption_key="words")
+    in_process = iter(training_dataset(source, config, 4, seed=1, **count_words))
+    workers = iter(training_dataset(source, config, 4, seed=1, num_workers=2, **count_words))
+    try:
+        for _ in range(4):
+            want, got = next(in_process), next(workers)
+            np.testing.assert_array_equal(got["video"], want["video"])
+            np.testing.assert_array_equal(got["words"], want["words"])
+        state = workers.get_state()
+        following = next(workers)["video"]
+    finally:
+        workers.close()
+    resumed = iter(training_dataset(source, config, 4, seed=1, num_workers=2, **count_words))
+    try:
+        resumed.set_state(state)
+        np.testing.assert_array_equal(next(resumed)["video"], following)
+    finally:
+        resumed.close()

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
 from jax_i2v import media
 from jax_i2v.data.decode import decode_frames, decode_image
@@ -70,6 +71,19 @@ def consisti2v_clips(resolution: int = 256, num_frames: int = 16) -> ClipConfig:
 def mcm_clips(resolution: int = 256, num_frames: int = 16) -> ClipConfig:
     """MCM's WebVid clips: stride 8, no flip, one RandomResizedCrop(scale (0.75, 1)) per clip."""
     return ClipConfig(num_frames, resolution, (8, 8), random_flip=False, crop="random_resized", crop_scale=(0.75, 1.0), shorten=False)
+
+
+def clip_config(data) -> ClipConfig:
+    """From an experiment's `data` section (crop, crop_scale and shorten optional)."""
+    return ClipConfig(
+        num_frames=data.frames,
+        resolution=data.resolution,
+        stride_range=tuple(data.stride_range),
+        random_flip=data.random_flip,
+        crop=data.get("crop", "center"),
+        crop_scale=tuple(data.get("crop_scale", (0.75, 1.0))),
+        shorten=data.get("shorten", True),
+    )
 
 
 def video_length(example: dict) -> int:
@@ -142,13 +156,13 @@ def make_image(example: dict, resolution: int, rng: np.random.Generator, crop_sc
     return {"image": media.to_model_range(crop), "caption": caption_text(example["caption"])}
 
 
-def _read_options(read_threads: int) -> grain.ReadOptions:
+def read_options(read_threads: int) -> grain.ReadOptions:
     # Each thread makes whole batches; a few batches ahead per thread, not Grain's default 500
     # (hundreds of MB per batch at 16 x 256 x 256 frames).
     return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
 
 
-def _batched_stream(source, element_fn, global_batch_size: int, seed: int, shard_index: int, shard_count: int,
+def batched_stream(source, element_fn, global_batch_size: int, seed: int, shard_index: int, shard_count: int,
                     read_threads: int) -> grain.IterDataset:
     """This host's rows of an infinite stream of global batches of element_fn(example, rng),
     reshuffled every epoch: global batch b holds stream elements [b G, (b + 1) G), and host h
@@ -175,16 +189,18 @@ def training_dataset(
     read_threads: int = 16,
     num_workers: int = 0,
 ) -> grain.IterDataset:
-    """This host's rows of an infinite stream of global batches of clips (see `_batched_stream`):
+    """This host's rows of an infinite stream of global batches of clips (see `batched_stream`):
     training on 1 or N hosts sees the same data. With `caption_transform` (prompts -> array, e.g.
     embeddings or token ids), batches carry its output under `caption_key` instead of the caption
     strings; `clip_caption` as in `make_clip`. `read_threads` make batches in parallel; with
     `num_workers` > 0 they run in that many worker processes (video decoding at scale), with the
     same batches and a checkpointable state either way."""
-    ds = _batched_stream(source, lambda example, rng: make_clip(example, config, rng, clip_caption), global_batch_size, seed,
+    ds = batched_stream(source, lambda example, rng: make_clip(example, config, rng, clip_caption), global_batch_size, seed,
                          shard_index, shard_count, read_threads)
-    ds = ds.to_iter_dataset(_read_options(read_threads))
+    ds = ds.to_iter_dataset(read_options(read_threads))
     if num_workers:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     if caption_transform is not None:  # here, not in the workers: it may be a JAX text encoder
         ds = ds.map(lambda batch: _transform_captions(batch, caption_transform, caption_key))
@@ -195,9 +211,9 @@ def image_dataset(source: Sequence[dict], resolution: int, global_batch_size: in
                   shard_count: int = 1, crop_scale: tuple[float, float] = (0.5, 1.0), read_threads: int = 16) -> grain.IterDataset:
     """This host's rows of an infinite stream of global batches of {"image": (B, R, R, 3) in
     [-1, 1], "caption": [str]}: MCM's high-quality images for its frame discriminator."""
-    ds = _batched_stream(source, lambda example, rng: make_image(example, resolution, rng, crop_scale), global_batch_size, seed,
+    ds = batched_stream(source, lambda example, rng: make_image(example, resolution, rng, crop_scale), global_batch_size, seed,
                          shard_index, shard_count, read_threads)
-    return ds.to_iter_dataset(_read_options(read_threads))
+    return ds.to_iter_dataset(read_options(read_threads))
 
 
 def _stack(examples: Sequence[dict]) -> dict:

@@ -26,17 +26,15 @@ from jax.experimental import multihost_utils
 
 from jax_i2v.config_utils import dtype, unet_config
 from jax_i2v.convert import inflate_unet
-from jax_i2v.data import moving_shapes
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
-from jax_i2v.data.video_pipeline import ClipConfig, training_dataset
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.text_encoder import TextConditioning, text_conditioning
 from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, build_unet, dummy_inputs, map_mixers
-from jax_i2v.models.vae import LatentCodec, latent_codec
+from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
-from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
+from jax_i2v.parallel.partitioning import rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer
+from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, create_train_state, state_from_params, state_shardings
@@ -133,29 +131,6 @@ class LoopConfig:
             raise ValueError(f"init_from_image_unet: no folder at {self.init_from_image_unet!r}")
 
 
-def _data_sources(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
-    """(train, test) random-access sources; process 0 builds the dataset first if so configured."""
-    data = config.data
-    settings = data.dataset.to_dict()
-    if data.get("build_if_missing", False) and jax.process_index() == 0:
-        build_moving_shapes(data.dir, **settings)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("dataset built")
-    return load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings)
-
-
-def _dataset(config: ml_collections.ConfigDict, source, loop: LoopConfig, text: TextConditioning):
-    data = config.data
-    clip = ClipConfig(num_frames=data.frames, resolution=data.resolution, stride_range=tuple(data.stride_range), random_flip=data.random_flip)
-    return training_dataset(
-        source, clip, loop.batch_size, seed=loop.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-        caption_transform=text.caption_transform,
-        caption_key=text.caption_key,
-        # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
-        clip_caption=moving_shapes.clip_caption,
-    )
-
-
 def _metrics_log(path: str, last_step: int):
     """`metrics.jsonl` opened for appending, with records past `last_step` (logged after the
     checkpoint a crashed run restarts from) dropped so each step appears once."""
@@ -175,11 +150,6 @@ def _past_time_limit(started: float, limit_minutes: float) -> bool:
     if jax.process_count() > 1:
         past = bool(multihost_utils.broadcast_one_to_all(np.asarray(past)))
     return past
-
-
-def _global_batch(local: dict, mesh, caption_key: str, codec: LatentCodec) -> dict[str, jax.Array]:
-    arrays = {"latents": codec.encode(local["video"]), caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in arrays.items()}
 
 
 def initial_params(rng: jax.Array, model: VideoUNet, text: TextConditioning, temporal_mixer_init: float = 1.0) -> Any:
@@ -225,11 +195,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     use_ema = step_config.ema_decay > 0
     abstract = abstract_train_state(init_params, optimizer, init_rng, use_ema)
     shardings = state_shardings(abstract, optimizer, mesh, rules)
-    train_source, test_source = _data_sources(config)
-    data_iter = iter(_dataset(config, train_source, loop, text))
+    inputs = training_inputs(config, loop.batch_size, loop.seed, text, codec)
+    data_iter = inputs.iterator
     previews = None
     if loop.sample_every:
-        previews = PreviewWriter(config, test_source, workdir, loop.sample_videos, loop.sample_steps, loop.seed)
+        previews = PreviewWriter(config, *inputs.preview_examples(loop.sample_videos), workdir, loop.sample_steps, loop.seed)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(abstract, shardings, data_iter)
@@ -266,7 +236,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     try:
         while step < loop.steps:
-            batch = _global_batch(next(data_iter), mesh, text.caption_key, codec)
+            batch = global_batch(next(data_iter), mesh, text.caption_key, codec, inputs.encoded)
             if compiled is None:
                 # Compiled explicitly (once) so XLA's FLOP count of the step is at hand for TFLOP/s.
                 compiled = train_step.lower(state, batch, text.null_caption, step_rng).compile()

@@ -1,6 +1,6 @@
 """Sample videos written to `WORKDIR/samples/` during training, so a run can be watched.
 
-The first frames and captions are the first held-out (test split) examples; the sampling seeds are
+The first frames and captions are held-out examples (`TrainingInputs.preview_examples`); the sampling seeds are
 the same at every preview, so successive previews differ only by the training in between. Every
 process gathers the (EMA if kept) params and samples locally; process 0 writes the files.
 """
@@ -16,16 +16,12 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from jax_i2v.pipeline import I2VPipeline, save_videos
-from jax_i2v.text import caption_text
 
 
 class PreviewWriter:
-    def __init__(self, config: ml_collections.ConfigDict, test_source, workdir: str, count: int, num_steps: int, seed: int):
-        if count > len(test_source):
-            raise ValueError(f"config.train.sample_videos={count} exceeds the {len(test_source)} held-out examples")
-        examples = [test_source[i] for i in range(count)]
-        self.first_frames = [example["video"][0] for example in examples]
-        self.captions = [caption_text(example["caption"]) for example in examples]
+    def __init__(self, config: ml_collections.ConfigDict, first_frames: list, captions: list[str], workdir: str, num_steps: int,
+                 seed: int):
+        self.first_frames, self.captions = first_frames, captions
         self.config = config
         self.num_steps, self.seed = num_steps, seed
         self.directory = os.path.join(workdir, "samples")

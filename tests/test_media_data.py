@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jax_i2v import media
-from jax_i2v.data import media_tfds, sources
+from jax_i2v.data import sources
 from jax_i2v.data.decode import SkipReason, decode_frames, decode_image
 from jax_i2v.data.media_tfds import build_media_dataset, load_media_dataset, read_manifest
 from jax_i2v.data.video_pipeline import ClipConfig, image_dataset, make_clip, mcm_clips, training_dataset

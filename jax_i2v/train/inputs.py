@@ -100,6 +100,11 @@ def training_inputs(config: ml_collections.ConfigDict, batch_size: int, seed: in
 
 def global_batch(local: dict, mesh, caption_key: str, codec: LatentCodec, encoded: bool) -> dict[str, jax.Array]:
     """This host's rows -> the step's global arrays (clips encoded by the codec unless cached)."""
-    latents = local["latents"] if encoded else codec.encode(local["video"])
+    if encoded:
+        latents = local["latents"]
+    else:  # codecs take (N, H, W, 3) frames
+        video = local["video"]
+        latents = codec.encode(video.reshape(-1, *video.shape[2:]))
+        latents = latents.reshape(*video.shape[:2], *latents.shape[1:])
     arrays = {"latents": latents, caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
     return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v) for k, v in arrays.items()}

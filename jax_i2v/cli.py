@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 
 
@@ -15,3 +16,50 @@ def exit_on_user_error():
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _check_override_keys(argv) -> None:
+    """Unknown --config.KEY overrides, named before absl's parser reports them as a bare KeyError."""
+    paths = [a.split("=", 1)[0][len("--config.") :] for a in argv if a.startswith("--config.")]
+    config_files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not paths or not config_files:
+        return
+    from jax_i2v.config_utils import load_config
+
+    node = load_config(config_files[-1])
+    for path in paths:
+        current = node
+        for depth, key in enumerate(path.split(".")):
+            if not hasattr(current, "keys") or key not in current:
+                where = ".".join(path.split(".")[:depth]) or "the config"
+                known = sorted(current.keys()) if hasattr(current, "keys") else []
+                raise SystemExit(f"error: --config.{path}: {where} has no key {key!r} (known: {', '.join(known)})")
+            current = current[key]
+
+
+def parse_flags_with_config(argv):
+    """absl's flag parsing for scripts with an ml_collections --config: unknown --config.KEY
+    overrides and other flag errors end the program with `error: ...` (pass as app.run's flags_parser)."""
+    from absl import flags
+
+    _check_override_keys(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops the checkpoint and data libraries' INFO chatter (several lines per save) from the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Using custom data configuration"):  # our datasets' own settings
+            return False
+        libraries = ("/orbax/", "/grain/", "/tensorflow_datasets/")
+        return record.levelno >= logging.WARNING or not any(name in record.pathname for name in libraries)
+
+
+def quiet_library_logs() -> None:
+    """Applies the filter to the root and absl log handlers (call after logging.basicConfig)."""
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_QuietLibraries())

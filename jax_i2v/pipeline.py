@@ -310,10 +310,15 @@ def _padded_timesteps(scheduler: DDIMConfig | LCMConfig, num_steps: int) -> np.n
     return padded_timesteps(num_steps, scheduler)
 
 
-def scheduler_from_config(config) -> DDIMConfig:
-    """DDIM with the noise schedule and prediction type an experiment config trains with."""
+def scheduler_from_config(config) -> DDIMConfig | LCMConfig:
+    """DDIM with the noise schedule and prediction type an experiment config trains with, or the
+    consistency sampler on the same schedule when `sampling.sampler` is "lcm" (distilled students)."""
     prediction_type = config.get("objective", {}).get("prediction_type", "epsilon")
-    return DDIMConfig(**config.get("schedule", {}), prediction_type=prediction_type)
+    ddim = DDIMConfig(**config.get("schedule", {}), prediction_type=prediction_type)
+    sampling = config.get("sampling", {})
+    if sampling.get("sampler", "ddim") == "lcm":
+        return LCMConfig.with_schedule_of(ddim, timestep_scaling=sampling.get("lcm_timestep_scaling", 4.0))
+    return ddim
 
 
 def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:

@@ -29,7 +29,7 @@ from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
 from jax_i2v.parallel.mesh import MESH_AXES, batch_parallel_size, create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
-from jax_i2v.train.loop import config_section
+from jax_i2v.train.runtime import config_section
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, state_shardings
 from jax_i2v.train.step import StepConfig, compiled_flops, make_train_step, unet_loss_fn

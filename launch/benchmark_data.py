@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_i2v.cli import exit_on_user_error
+from jax_i2v.cli import exit_on_user_error, parse_flags_with_config
 from jax_i2v.data.media_tfds import load_media_dataset
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.vae import latent_codec
@@ -65,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_with_config)

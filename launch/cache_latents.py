@@ -21,7 +21,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_i2v.cli import exit_on_user_error
+from jax_i2v.cli import exit_on_user_error, parse_flags_with_config
 from jax_i2v.data.encode_latents import encode_latents
 from jax_i2v.data.latent_cache import LATENT_DTYPES
 
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags_with_config)

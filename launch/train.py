@@ -17,8 +17,7 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_i2v.cli import exit_on_user_error
-from jax_i2v.config_utils import load_config
+from jax_i2v.cli import exit_on_user_error, parse_flags_with_config, quiet_library_logs
 from jax_i2v.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", lock_config=True)
@@ -33,47 +32,10 @@ _CPU_COLLECTIVES = flags.DEFINE_bool("cpu_collectives", False, "use gloo collect
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _check_override_keys(argv) -> None:
-    """Unknown --config.KEY overrides, named before absl's parser reports them as a bare KeyError."""
-    paths = [a.split("=", 1)[0][len("--config.") :] for a in argv if a.startswith("--config.")]
-    config_files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    if not paths or not config_files:
-        return
-    node = None
-    for path in paths:
-        node = load_config(config_files[-1]) if node is None else node
-        current = node
-        for depth, key in enumerate(path.split(".")):
-            if not hasattr(current, "keys") or key not in current:
-                where = ".".join(path.split(".")[:depth]) or "the config"
-                known = sorted(current.keys()) if hasattr(current, "keys") else []
-                raise SystemExit(f"error: --config.{path}: {where} has no key {key!r} (known: {', '.join(known)})")
-            current = current[key]
-
-
-def _parse_flags(argv):
-    _check_override_keys(argv)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-class _QuietLibraries(logging.Filter):
-    """Drops the checkpoint and data libraries' INFO chatter (several lines per save) from the console."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Using custom data configuration"):  # our dataset's own settings
-            return False
-        libraries = ("/orbax/", "/grain/", "/tensorflow_datasets/")
-        return record.levelno >= logging.WARNING or not any(name in record.pathname for name in libraries)
-
-
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_QuietLibraries())
+    quiet_library_logs()
     if _DISTRIBUTED.value:
         import jax
 
@@ -85,4 +47,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags_with_config)

@@ -20,28 +20,11 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jax_i2v.data import moving_shapes
 from jax_i2v.data.latent_cache import LATENT_DTYPES, METADATA, cache_settings, encode_record, shard_path, write_metadata, write_shard
-from jax_i2v.data.media_tfds import load_media_dataset
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import clip_config, make_clip
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.vae import latent_codec
-
-
-def _video_source(config: ml_collections.ConfigDict):
-    """(random-access videos, per-clip captioner or None) of the config's data section."""
-    data = config.data
-    source = data.get("source", "moving_shapes")
-    if source == "moving_shapes":
-        if data.get("build_if_missing", False) and jax.process_index() == 0:
-            build_moving_shapes(data.dir, **data.dataset.to_dict())
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("dataset built")
-        return load_moving_shapes(data.dir, "train", **data.dataset.to_dict()), moving_shapes.clip_caption
-    if source == "videos":
-        return load_media_dataset(data.dir), None
-    raise ValueError(f"config.data.source must name videos to encode ('moving_shapes' or 'videos'), got {source!r}")
+from jax_i2v.train.inputs import video_sources
 
 
 def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_video: int = 1, seed: int = 0, batch_size: int = 8,
@@ -56,7 +39,7 @@ def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_vi
     os.makedirs(out_dir, exist_ok=True)
     data = config.data
     clips = clip_config(data)
-    source, clip_caption = _video_source(config)
+    source, _, clip_caption = video_sources(data)
     codec = latent_codec(config)
     text = text_conditioning(config.get("text_encoder"), data.text_len, config.unet.cross_attention_dim)
     devices = jax.local_devices()

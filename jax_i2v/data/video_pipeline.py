@@ -217,7 +217,9 @@ def image_dataset(source: Sequence[dict], resolution: int, global_batch_size: in
 
 
 def _stack(examples: Sequence[dict]) -> dict:
-    return {key: [e[key] for e in examples] if key == "caption" else np.stack([e[key] for e in examples]) for key in examples[0]}
+    """Arrays stacked; text (a caption, or a tuple of them) kept as a list."""
+    return {key: [e[key] for e in examples] if isinstance(value, (str, tuple)) else np.stack([e[key] for e in examples])
+            for key, value in examples[0].items()}
 
 
 def _transform_captions(batch: dict, transform, key: str) -> dict[str, Any]:

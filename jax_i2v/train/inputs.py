@@ -59,6 +59,25 @@ def _first_examples(source, count: int, first_frame: Callable[[dict], np.ndarray
     return [first_frame(e) for e in examples], [caption_text(e["caption"]) for e in examples]
 
 
+def video_sources(data: ml_collections.ConfigDict):
+    """(train videos, held-out videos, per-clip captioner or None) of a data section whose source is
+    "moving_shapes" (built first if missing and `build_if_missing`) or "videos" (whose held-out
+    examples, for previews, are its first videos)."""
+    source_name = _source_name(data)
+    if source_name == "moving_shapes":
+        settings = data.dataset.to_dict()
+        if data.get("build_if_missing", False) and jax.process_index() == 0:
+            build_moving_shapes(data.dir, **settings)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("dataset built")
+        # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
+        return load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings), moving_shapes.clip_caption
+    if source_name == "videos":
+        videos = load_media_dataset(data.dir)
+        return videos, videos, None
+    raise ValueError(f"config.data.source must name videos ('moving_shapes' or 'videos') here, got {source_name!r}")
+
+
 def training_inputs(config: ml_collections.ConfigDict, batch_size: int, seed: int, text: TextConditioning,
                     codec: LatentCodec) -> TrainingInputs:
     data = config.data
@@ -76,18 +95,7 @@ def training_inputs(config: ml_collections.ConfigDict, batch_size: int, seed: in
 
         return TrainingInputs(iter(iterator), True, lambda n: _first_examples(source, n, decoded_first_frame))
 
-    clip_caption = None
-    if source_name == "moving_shapes":
-        settings = data.dataset.to_dict()
-        if data.get("build_if_missing", False) and jax.process_index() == 0:
-            build_moving_shapes(data.dir, **settings)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("dataset built")
-        train, held_out = load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings)
-        # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
-        clip_caption = moving_shapes.clip_caption
-    else:
-        train = held_out = load_media_dataset(data.dir)  # previews: the first training videos
+    train, held_out, clip_caption = video_sources(data)
     clips = training_dataset(train, clip_config(data), batch_size, seed, caption_transform=text.caption_transform,
                              caption_key=text.caption_key, clip_caption=clip_caption, read_threads=threads, num_workers=workers, **shard)
 

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
-import signal
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
 from jax_i2v.config_utils import dtype, unet_config
 from jax_i2v.convert import inflate_unet
@@ -36,53 +32,12 @@ from jax_i2v.parallel.partitioning import rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer
 from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
+from jax_i2v.train.runtime import MetricsLog, Preemption, config_section, past_time_limit
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, create_train_state, state_from_params, state_shardings
 from jax_i2v.train.step import StepConfig, check_batch_size, compiled_flops, make_train_step, unet_loss_fn
 
 log = logging.getLogger(__name__)
-
-
-class _Preemption:
-    """Turns a preemption notice into a stop the loop checks after every step.
-
-    One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption service (set
-    up by `jax.distributed.initialize`) catches the SIGTERM on any host and agrees on one step at
-    which every host stops, without a collective per step.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._multi_process = jax.process_count() > 1
-        self._previous = None if self._multi_process else signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def should_stop(self, step: int) -> bool:
-        if self._multi_process:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def restore(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def config_section(config: ml_collections.ConfigDict, name: str, cls):
-    """`cls(**config[name])` with unknown keys and bad values reported as one ValueError naming the section."""
-    if name not in config:
-        raise ValueError(f"config has no section {name!r}")
-    values = config[name].to_dict()
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"config.{name}: unknown keys {sorted(unknown)}; known keys: {sorted(known)}")
-    try:
-        return cls(**values)
-    except ValueError as error:
-        raise ValueError(f"config.{name}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,27 +84,6 @@ class LoopConfig:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
         if self.init_from_image_unet and not os.path.isdir(self.init_from_image_unet):
             raise ValueError(f"init_from_image_unet: no folder at {self.init_from_image_unet!r}")
-
-
-def _metrics_log(path: str, last_step: int):
-    """`metrics.jsonl` opened for appending, with records past `last_step` (logged after the
-    checkpoint a crashed run restarts from) dropped so each step appears once."""
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-        with open(path, "w") as f:
-            f.writelines(kept)
-    return open(path, "a")
-
-
-def _past_time_limit(started: float, limit_minutes: float) -> bool:
-    """Whether this invocation has run `limit_minutes` (0: never), as process 0 sees it."""
-    if not limit_minutes:
-        return False
-    past = time.perf_counter() - started > 60.0 * limit_minutes
-    if jax.process_count() > 1:
-        past = bool(multihost_utils.broadcast_one_to_all(np.asarray(past)))
-    return past
 
 
 def initial_params(rng: jax.Array, model: VideoUNet, text: TextConditioning, temporal_mixer_init: float = 1.0) -> Any:
@@ -214,14 +148,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config)
     step = int(state.step)
     is_chief = jax.process_index() == 0
-    metrics_file = _metrics_log(os.path.join(workdir, "metrics.jsonl"), step) if is_chief else None
-    writer = None
-    if is_chief and config.get("tensorboard", True):
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-    preemption = _Preemption()
+    metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
+    preemption = Preemption()
     last: dict[str, Any] = {}
     bar = tqdm.tqdm(total=loop.steps, initial=step, desc="training", unit="step", disable=not is_chief)
     compiled, flops_per_step = None, float("nan")
@@ -248,7 +176,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             window_steps += 1
             bar.update(1)
             # Checked at log steps only, where hosts can agree on it without a collective every step.
-            out_of_time = step % loop.log_every == 0 and _past_time_limit(started, loop.time_limit_minutes)
+            out_of_time = step % loop.log_every == 0 and past_time_limit(started, loop.time_limit_minutes)
             last_step = step == loop.steps or out_of_time
             if step % loop.log_every == 0 or last_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -259,12 +187,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 last = {"step": step, **metrics}
                 window_start, window_steps = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", tflops=f"{metrics['tflops_per_sec']:.3g}")
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(last) + "\n")
-                    metrics_file.flush()
-                if writer is not None:
-                    for key, value in metrics.items():
-                        writer.add_scalar(key, value, step)
+                metrics_log.write(step, metrics)
             if step % loop.checkpoint_every == 0 or last_step:
                 save()
             if previews is not None and (step % loop.sample_every == 0 or last_step):
@@ -283,8 +206,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         preemption.restore()
         checkpointer.close()
         bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if writer is not None:
-            writer.close()
+        metrics_log.close()
     return last

@@ -1,0 +1,44 @@
+"""MCM distillation of a `configs/tiny.py` teacher on this CPU: a LoRA student for 1-8-step
+sampling, its frame discriminator fed clean moving-shapes frames while the videos are the teacher's
+(degraded ones when the teacher was trained with data.dataset.quality="degraded", MCM's setting of
+low-quality videos + high-quality images).
+
+  python launch/distill.py --config=configs/mcm_tiny.py --workdir=runs/mcm_tiny --config.teacher=runs/tiny
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    # A pretraining workdir, one of its checkpoints, or a params export.
+    config.teacher = "runs/tiny"
+    # Overrides of the teacher's data section (e.g. dict(dir=...) when the dataset moved).
+    config.video_data = ml_collections.ConfigDict()
+    # The discriminator's real images: frames of clean moving-shapes videos of the teacher's sizes
+    # and speeds, or source="image_text" with dir= a folder from launch/build_dataset.py --layout images.
+    config.images = ml_collections.ConfigDict(
+        dict(
+            source="moving_shapes",
+            dir="data/moving_shapes",
+            dataset=dict(num_frames=32, resolution=32, max_objects=2, min_radius=0.1, max_radius=0.18, min_speed=0.008,
+                         max_speed=0.016, train_examples=2000, test_examples=64, seed=1, quality="clean"),
+            crop_scale=(1.0, 1.0),  # whole frames: a crop upscaled from 32 px would teach blur as real
+        )
+    )
+    # A small frozen ViT with random weights on CPU; at scale kind="dinov2", dir=<launch/convert_backbone.py folder>.
+    config.backbone = ml_collections.ConfigDict(dict(kind="vit", image_size=32, patch_size=4, width=64, depth=4, heads=4, hooks=(1, 3)))
+    # jax_i2v.distill.step.MCMConfig: MCM's settings, with guidance scaled to what tiny samples at.
+    config.mcm = ml_collections.ConfigDict(
+        dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
+             motion="learn", head_ema_decay=0.95, target="stop_gradient", lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,
+             adversarial_weight=1.0, disc_frames=2, gp_weight=1e-5)
+    )
+    config.distill = ml_collections.ConfigDict(
+        dict(batch_size=4, steps=2000, seed=0, log_every=10, checkpoint_every=200, keep_checkpoints=3, time_limit_minutes=0.0,
+             gen_lr=1e-4, disc_lr=1e-4)
+    )
+    config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=-1, fsdp=1, tensor=1), dcn=dict()))
+    config.sharding_rules = ml_collections.ConfigDict()
+    config.tensorboard = True
+    return config

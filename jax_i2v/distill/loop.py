@@ -1,0 +1,228 @@
+"""The MCM distillation loop: a frozen teacher run -> a few-step student, checkpointed and resumable
+like pretraining (SIGTERM saves; the same command resumes with the same data and random stream).
+
+The teacher is a pretraining workdir or params export (`config.teacher`); its saved config gives
+the UNet, caption encoder, codec, schedule and data (`config.video_data` overrides data keys, e.g.
+the dataset's quality). Outputs in WORKDIR: metrics.jsonl, TensorBoard events, checkpoints/ (the
+`MCMTrainState`, the data position, the config) and student/: the student's merged params with the
+teacher's config set to sample with the consistency sampler, which `launch/sample.py --checkpoint`
+and `launch/evaluate.py --checkpoint` take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from jax_i2v.config_utils import config_from_dict, dtype, unet_config
+from jax_i2v.data.media_tfds import load_media_dataset
+from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
+from jax_i2v.data.video_pipeline import clip_config
+from jax_i2v.diffusion.schedules import make_schedule
+from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
+from jax_i2v.distill.data import FramesAsImages, distill_dataset
+from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings, student_params
+from jax_i2v.models.text_encoder import text_conditioning
+from jax_i2v.models.unet import build_unet
+from jax_i2v.models.vae import latent_codec
+from jax_i2v.parallel.mesh import create_mesh
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.train.checkpoint import Checkpointer, export_params, load_for_inference
+from jax_i2v.train.inputs import video_sources
+from jax_i2v.train.runtime import MetricsLog, Preemption, config_section, past_time_limit
+from jax_i2v.train.step import check_batch_size
+
+log = logging.getLogger(__name__)
+STUDENT_DIR = "student"
+IMAGE_SOURCES = ("moving_shapes", "image_text")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillLoopConfig:
+    """The `distill` section of an MCM config."""
+
+    batch_size: int = 8  # global
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    time_limit_minutes: float = 0.0  # as pretraining's: 0 means none
+    gen_lr: float = 5e-6  # MCM's student learning rate
+    disc_lr: float = 1e-4  # and its discriminator's
+
+    def __post_init__(self):
+        for name in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.steps, int) or self.steps < 0 or self.time_limit_minutes < 0:
+            raise ValueError(f"steps and time_limit_minutes must be >= 0, got {self.steps!r}, {self.time_limit_minutes!r}")
+        if not self.gen_lr > 0 or not self.disc_lr > 0:
+            raise ValueError(f"learning rates must be positive, got {self.gen_lr}, {self.disc_lr}")
+
+
+def _backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
+    """kind "vit": a randomly initialised, frozen ViT of the given ViTConfig fields (CPU configs);
+    "dinov2": a folder written by launch/convert_backbone.py (`dir`, optional `hooks`)."""
+    settings = dict(settings)
+    kind = settings.pop("kind", "vit")
+    if kind == "dinov2":
+        config, params = load_vit(settings["dir"], settings.get("hooks"))
+        return ViT(config), params
+    if kind != "vit":
+        raise ValueError(f"config.backbone.kind must be 'vit' or 'dinov2', got {kind!r}")
+    config = ViTConfig(**{k: tuple(v) if k == "hooks" else v for k, v in settings.items()})
+    module = ViT(config)
+    return module, module.init(jax.random.key(seed), jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
+
+
+def _images(settings: ml_collections.ConfigDict):
+    """The discriminator's real images: frames of a moving-shapes build (`dataset`: its settings,
+    clean by default) or an image-text dataset built by launch/build_dataset.py (`dir`)."""
+    source = settings.get("source", "moving_shapes")
+    if source == "moving_shapes":
+        dataset = settings.dataset.to_dict()
+        if jax.process_index() == 0:
+            build_moving_shapes(settings.dir, **dataset)
+        return FramesAsImages(load_moving_shapes(settings.dir, "train", **dataset), dataset["num_frames"])
+    if source == "image_text":
+        return load_media_dataset(settings.dir)
+    raise ValueError(f"config.images.source must be one of {IMAGE_SOURCES}, got {source!r}")
+
+
+def student_config(teacher_config: ml_collections.ConfigDict, steps: int = 4, timestep_scaling: float = 4.0) -> dict:
+    """The teacher's config, sampling with the consistency sampler (no guidance): the student's."""
+    config = ml_collections.ConfigDict(teacher_config.to_dict())
+    config.sampling = ml_collections.ConfigDict(
+        dict(sampler="lcm", steps=steps, text_guidance=1.0, frameinit=config.get("sampling", {}).get("frameinit", "gaussian"),
+             lcm_timestep_scaling=timestep_scaling)
+    )
+    return config.to_dict()
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
+    started = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    loop = config_section(config, "distill", DistillLoopConfig)
+    mcm = config_section(config, "mcm", MCMConfig)
+    teacher_dict, teacher_all = load_for_inference(config.teacher)
+    teacher_config = config_from_dict(teacher_dict)
+    teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
+    data = teacher_config.data
+
+    mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
+    check_batch_size(loop.batch_size, mesh, 1)
+    rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
+    unet = build_unet(unet_config(teacher_config), dtype=dtype(teacher_config.get("dtype", "float32")))
+    text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
+    encoder = text.encoder(teacher_all["text"]) if text.module is not None else text.encoder()
+    teacher = teacher_all["unet"] if text.module is not None else teacher_all
+    codec = latent_codec(teacher_config)
+    backbone, backbone_params = _backbone(config.backbone.to_dict(), loop.seed)
+    schedule = make_schedule(**teacher_config.schedule.to_dict())
+    models = make_models(unet, schedule, teacher_config.objective.prediction_type, codec.decode, backbone, mcm, loop.gen_lr, loop.disc_lr)
+
+    latent_shape = (data.frames, data.latent_size, data.latent_size, data.latent_channels)
+    init = functools.partial(init_state, models=models, config=mcm, latent_shape=latent_shape, condition_dim=unet.config.cross_attention_dim)
+    init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
+    abstract = jax.eval_shape(init, init_rng, teacher)
+    shardings = mcm_state_shardings(abstract, models, mesh, rules)
+    teacher_sharding, backbone_sharding = params_shardings(teacher, mesh, rules), params_shardings(backbone_params, mesh, rules)
+    teacher = jax.device_put(teacher, teacher_sharding)
+    backbone_params = jax.device_put(backbone_params, backbone_sharding)
+    step_fn = make_mcm_step(models, mcm, mesh, shardings, teacher_sharding, backbone_sharding, rules)
+
+    videos, _, clip_caption = video_sources(data)
+    images = config.images
+    stream = distill_dataset(videos, _images(images), clip_config(data), backbone.config.image_size, loop.batch_size, loop.seed,
+                             mcm.disc_frames, tuple(images.get("crop_scale", (0.5, 1.0))), jax.process_index(), jax.process_count(),
+                             clip_caption, data.get("read_threads", 16))
+    data_iter = iter(stream)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep_checkpoints)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(abstract, shardings, data_iter)
+        log.info("resumed from step %d", int(state.step))
+    else:
+        state = jax.jit(init, out_shardings=shardings)(init_rng, teacher)
+
+    null_text = encoder.encode([""])[0]
+
+    def global_batch(local: dict) -> dict[str, jax.Array]:
+        video = local["video"]
+        latents = codec.encode(video.reshape(-1, *video.shape[2:]))
+        text_embeddings = encoder.encode(local["caption"])
+        real_captions = [c for captions in local["real_captions"] for c in captions]
+        real = local["real_images"]
+        arrays = {
+            "latents": np.asarray(latents).reshape(*video.shape[:2], *latents.shape[1:]),
+            "text": text_embeddings,
+            "null_text": np.broadcast_to(null_text, text_embeddings.shape),
+            "frame_stride": local["frame_stride"],
+            # The discriminator is conditioned on the caption's mean embedding.
+            "condition": text_embeddings.mean(axis=1),
+            "real_images": real.reshape(-1, *real.shape[2:]),
+            "real_condition": encoder.encode(real_captions).mean(axis=1),
+        }
+        return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()}
+
+    step = int(state.step)
+    saved_step = step
+    metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
+    preemption = Preemption()
+    bar = tqdm.tqdm(total=loop.steps, initial=step, desc="distilling", unit="step", disable=jax.process_index() != 0)
+    last: dict[str, Any] = {}
+    window_start, window_steps = time.perf_counter(), 0
+
+    def save():
+        nonlocal saved_step
+        if step != saved_step:
+            checkpointer.save(step, state, data_iter, config.to_dict())
+            saved_step = step
+
+    try:
+        while step < loop.steps:
+            state, metrics = step_fn(state, teacher, backbone_params, global_batch(next(data_iter)), step_rng)
+            step += 1
+            window_steps += 1
+            if window_steps == 1 and step == saved_step + 1:  # the first step compiles: time from here
+                jax.block_until_ready(state)
+                window_start, window_steps = time.perf_counter(), 0
+            bar.update(1)
+            out_of_time = step % loop.log_every == 0 and past_time_limit(started, loop.time_limit_minutes)
+            last_step = step == loop.steps or out_of_time
+            if step % loop.log_every == 0 or last_step:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics["steps_per_sec"] = window_steps / (time.perf_counter() - window_start) if window_steps else float("nan")
+                window_start, window_steps = time.perf_counter(), 0
+                last = {"step": step, **metrics}
+                metrics_log.write(step, metrics)
+                bar.set_postfix(cd=f"{metrics['cd_loss']:.4f}", d=f"{metrics['d_loss']:.3f}")
+            if step % loop.checkpoint_every == 0 or last_step:
+                save()
+            if out_of_time:
+                log.warning("time limit of %g minutes reached: stopped at step %d", loop.time_limit_minutes, step)
+                break
+            if preemption.should_stop(step):
+                log.warning("preempted: saving step %d and stopping", step)
+                save()
+                break
+        student = jax.device_get(student_params(state, teacher, mcm))
+        params = {**teacher_all, "unet": student} if text.module is not None else student
+        export_params(os.path.join(workdir, STUDENT_DIR), params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
+    finally:
+        preemption.restore()
+        checkpointer.close()
+        bar.close()
+        metrics_log.close()
+    return last

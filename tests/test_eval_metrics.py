@@ -73,3 +73,24 @@ def test_the_codec_reference_is_the_ground_truth_through_the_codec():
     coded = run_benchmark(None, clips, round_trip=codec_round_trip(latent_codec(tiny_config)))["ground_truth_coded"]
     assert 20.0 < coded["background_psnr"] < 100.0 and 0.0 < coded["appearance_drift"] < 0.1
     assert coded["motion_error"] < 0.02 and coded["direction_accuracy"] > 0.9
+
+
+def test_frame_quality_sees_the_degradations_of_mcm_low_quality_videos():
+    import dataclasses
+
+    from jax_i2v.data.moving_shapes import BLUR_SIGMA, WATERMARK_OPACITY, gaussian_blur
+    from jax_i2v.eval.frame_quality import frame_quality
+
+    config = MovingShapesConfig(num_frames=8, resolution=32, max_objects=2, min_radius=0.1, max_radius=0.18)
+    clean, degraded, blurred = [], [], []
+    for index in range(40):
+        example = generate_example(1, index, config)
+        worse = generate_example(1, index, dataclasses.replace(config, quality="degraded"))
+        blur = np.round(gaussian_blur(example["video"].astype(float), BLUR_SIGMA)).astype(np.uint8)
+        clean.append(frame_quality(example["video"], example["masks"]))
+        degraded.append(frame_quality(worse["video"], worse["masks"]))
+        blurred.append(frame_quality(blur, example["masks"]))
+    clean, degraded, blurred = average(clean), average(degraded), average(blurred)
+    assert abs(clean["watermark"]) < 0.005 and abs(blurred["watermark"]) < 0.01
+    assert 0.5 * WATERMARK_OPACITY < degraded["watermark"] < WATERMARK_OPACITY  # white at 40% over dark backgrounds
+    assert degraded["sharpness"] < clean["sharpness"] - 0.03 and blurred["sharpness"] < clean["sharpness"] - 0.03

@@ -18,6 +18,7 @@ from jax_i2v import media
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.eval.consistency import average, video_metrics
+from jax_i2v.eval.frame_quality import frame_quality
 from jax_i2v.pipeline import I2VPipeline
 from jax_i2v.text import caption_text
 
@@ -85,7 +86,8 @@ def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config:
 
 
 def _score(videos: list[np.ndarray], clips: list[BenchmarkClip]) -> list[dict[str, float]]:
-    return [video_metrics(video, clip.video[0], clip.masks, clip.directions) for video, clip in zip(videos, clips)]
+    return [{**video_metrics(video, clip.video[0], clip.masks, clip.directions), **frame_quality(video, clip.masks)}
+            for video, clip in zip(videos, clips)]
 
 
 def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:

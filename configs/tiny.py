@@ -61,7 +61,8 @@ def get_config():
             # reversed captions +60% after 580 steps), not when objects travel across the frame
             # (the generator's default speeds: +0.03% after 590 steps).
             dataset=dict(num_frames=32, resolution=32, max_objects=2, min_radius=0.1, max_radius=0.18,
-                         min_speed=0.008, max_speed=0.016, train_examples=2000, test_examples=64, seed=0),
+                         min_speed=0.008, max_speed=0.016, train_examples=2000, test_examples=64, seed=0,
+                         quality="clean"),  # "degraded": blurred, noisy, watermarked (MCM's low-quality videos)
         )
     )
     # How pixels map to the UNet's input (jax_i2v/models/vae.py): "pixels" (identity),

@@ -25,6 +25,7 @@ import numpy as np
 from jax_i2v import media
 from jax_i2v.cli import exit_on_user_error
 from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
+from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import I2VPipeline
@@ -132,6 +133,7 @@ def run(args) -> dict:
         "checkpoint": os.path.abspath(args.checkpoint),
         "num_videos": args.num_videos,
         "seed": args.seed,
+        "sampler": "lcm" if isinstance(pipe.scheduler, LCMConfig) else "ddim",
         **settings,
         "frames": data.frames,
         "resolution": data.resolution,

@@ -39,7 +39,7 @@ from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer, export_params, load_for_inference
 from jax_i2v.train.inputs import video_sources
-from jax_i2v.train.runtime import MetricsLog, Preemption, config_section, past_time_limit
+from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, config_section
 from jax_i2v.train.step import check_batch_size
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     saved_step = step
     metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
     preemption = Preemption()
+    cadence = Cadence(loop.steps, loop.log_every, loop.checkpoint_every, loop.time_limit_minutes, started)
     bar = tqdm.tqdm(total=loop.steps, initial=step, desc="distilling", unit="step", disable=jax.process_index() != 0)
     last: dict[str, Any] = {}
     window_start, window_steps = time.perf_counter(), 0
@@ -199,16 +200,15 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 jax.block_until_ready(state)
                 window_start, window_steps = time.perf_counter(), 0
             bar.update(1)
-            out_of_time = step % loop.log_every == 0 and past_time_limit(started, loop.time_limit_minutes)
-            last_step = step == loop.steps or out_of_time
-            if step % loop.log_every == 0 or last_step:
+            log_now, save_now, out_of_time = cadence.after(step)
+            if log_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics["steps_per_sec"] = window_steps / (time.perf_counter() - window_start) if window_steps else float("nan")
                 window_start, window_steps = time.perf_counter(), 0
                 last = {"step": step, **metrics}
                 metrics_log.write(step, metrics)
                 bar.set_postfix(cd=f"{metrics['cd_loss']:.4f}", d=f"{metrics['d_loss']:.3f}")
-            if step % loop.checkpoint_every == 0 or last_step:
+            if save_now:
                 save()
             if out_of_time:
                 log.warning("time limit of %g minutes reached: stopped at step %d", loop.time_limit_minutes, step)

@@ -9,6 +9,7 @@ to move in its captioned direction for that long), at the dataset's resolution.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -110,7 +111,8 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """{"model": averages, "ground_truth": ..., "static": ..., "per_video": [...]}.
 
-    `generate` None scores only the references. `features` (a `VideoFeatures`) adds `fvd_proxy`,
+    `generate` None scores only the references; the model's entry also has its sampling time per
+    video (`sampling_seconds_per_video`, batches after the first, which compiles). `features` (a `VideoFeatures`) adds `fvd_proxy`,
     the Frechet distance of each set of clips to the ground-truth clips in its feature space.
     `round_trip` (see `codec_round_trip`) adds the reference "ground_truth_coded": the ground truth
     through the model's latent codec, the best a model that decodes through it can score.
@@ -119,11 +121,15 @@ def run_benchmark(
     videos = {"ground_truth": truth, "static": [np.repeat(v[:1], len(v), axis=0) for v in truth]}
     if round_trip is not None:
         videos["ground_truth_coded"] = [round_trip(v) for v in truth]
+    timed_seconds, timed_videos = 0.0, 0
     if generate is not None:
         generated = []
         for start in tqdm.trange(0, len(clips), batch_size, desc="benchmark", unit="batch"):
             batch = clips[start : start + batch_size]
+            began = time.perf_counter()
             out = generate(np.stack([c.video[0] for c in batch]), [c.caption for c in batch], seed + start)
+            if start:  # the first batch compiles the sampler
+                timed_seconds, timed_videos = timed_seconds + time.perf_counter() - began, timed_videos + len(batch)
             if out.shape[1:] != truth[0].shape or out.dtype != np.uint8:
                 raise ValueError(f"the generator returned {out.shape} {out.dtype}, expected (B,) + {truth[0].shape} uint8")
             generated += list(out)
@@ -134,6 +140,8 @@ def run_benchmark(
         result[name] = average(scores)
         if features is not None:
             result[name]["fvd_proxy"] = features.frechet_distance(np.stack(videos[name]), np.stack(truth))
+    if timed_videos:
+        result["model"]["sampling_seconds_per_video"] = timed_seconds / timed_videos
     result["per_video"] = [
         {"caption": clip.caption, **{name: per_video[name][i] for name in per_video}} for i, clip in enumerate(clips)
     ]

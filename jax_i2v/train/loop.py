@@ -32,7 +32,7 @@ from jax_i2v.parallel.partitioning import rules_from_config
 from jax_i2v.train.checkpoint import Checkpointer
 from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
-from jax_i2v.train.runtime import MetricsLog, Preemption, config_section, past_time_limit
+from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, config_section
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import abstract_train_state, create_train_state, state_from_params, state_shardings
 from jax_i2v.train.step import StepConfig, check_batch_size, compiled_flops, make_train_step, unet_loss_fn
@@ -150,6 +150,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     is_chief = jax.process_index() == 0
     metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
     preemption = Preemption()
+    cadence = Cadence(loop.steps, loop.log_every, loop.checkpoint_every, loop.time_limit_minutes, started)
     last: dict[str, Any] = {}
     bar = tqdm.tqdm(total=loop.steps, initial=step, desc="training", unit="step", disable=not is_chief)
     compiled, flops_per_step = None, float("nan")
@@ -175,10 +176,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             step += 1
             window_steps += 1
             bar.update(1)
-            # Checked at log steps only, where hosts can agree on it without a collective every step.
-            out_of_time = step % loop.log_every == 0 and past_time_limit(started, loop.time_limit_minutes)
-            last_step = step == loop.steps or out_of_time
-            if step % loop.log_every == 0 or last_step:
+            log_now, save_now, out_of_time = cadence.after(step)
+            if log_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
                 metrics["steps_per_sec"] = window_steps / elapsed
@@ -188,9 +187,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 window_start, window_steps = time.perf_counter(), 0
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", tflops=f"{metrics['tflops_per_sec']:.3g}")
                 metrics_log.write(step, metrics)
-            if step % loop.checkpoint_every == 0 or last_step:
+            if save_now:
                 save()
-            if previews is not None and (step % loop.sample_every == 0 or last_step):
+            if previews is not None and (step % loop.sample_every == 0 or step == loop.steps or out_of_time):
                 paths = previews.write(step, state.ema_params if use_ema else state.params)
                 if paths:
                     log.info("step %d: sample videos %s", step, ", ".join(paths))

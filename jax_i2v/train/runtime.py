@@ -105,3 +105,22 @@ class MetricsLog:
         for sink in (self._file, self._writer):
             if sink is not None:
                 sink.close()
+
+
+@dataclasses.dataclass
+class Cadence:
+    """When a loop logs, saves and stops after a step: every `log_every` / `checkpoint_every` steps
+    and at `steps`; past the time limit (checked at log steps only, where hosts can agree on it
+    without a collective every step), which also logs and saves; on preemption (`preempted`)."""
+
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    time_limit_minutes: float
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def after(self, step: int) -> tuple[bool, bool, bool]:
+        """(log, save, out of time) after `step`."""
+        out_of_time = step % self.log_every == 0 and past_time_limit(self.started, self.time_limit_minutes)
+        last = step == self.steps or out_of_time
+        return step % self.log_every == 0 or last, step % self.checkpoint_every == 0 or last, out_of_time

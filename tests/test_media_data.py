@@ -176,6 +176,10 @@ def test_a_rebuild_reuses_the_dataset_and_other_inputs_under_the_same_name_fail(
         build_media_dataset(data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=2)
     with pytest.raises(FileNotFoundError, match="JSONL file not found"):
         build_media_dataset(data_dir, "other", "jsonl", jsonl=str(data_dir / "none.jsonl"), video_folder=inputs["video_folder"])
+    with pytest.raises(FileNotFoundError, match="no shard or folder at"):
+        build_media_dataset(data_dir, "other", "webdataset", paths=[str(data_dir / "no_shards")])
+    with pytest.raises(FileNotFoundError, match="no image folder or shard"):
+        build_media_dataset(data_dir, "other", "images", paths=[str(data_dir / "no_images")])
     with pytest.raises(ValueError, match="layout must be one of"):
         build_media_dataset(data_dir, "other", "csv", paths=["x"])
     with pytest.raises(FileNotFoundError, match="no built dataset"):

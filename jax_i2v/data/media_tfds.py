@@ -65,6 +65,12 @@ class MediaConfig(tfds.core.BuilderConfig):
                 raise FileNotFoundError(f"video folder not found: {self.video_folder!r}")
         elif not self.paths:
             raise ValueError(f"the {self.layout} layout needs paths (shards or folders)")
+        elif self.layout == "webdataset":
+            sources.list_shards(self.paths)  # a missing path or a folder without shards fails here
+        else:
+            missing = [p for p in self.paths if not os.path.exists(p)]
+            if missing:
+                raise FileNotFoundError(f"no image folder or shard at {missing}")
         if not isinstance(self.min_frames, int) or self.min_frames < 1:
             raise ValueError(f"min_frames must be a positive integer, got {self.min_frames!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:

@@ -143,7 +143,7 @@ def test_mcm_clips_span_their_fixed_stride_or_fail_on_short_videos(jsonl_build):
     source = load_media_dataset(jsonl_build)
     config = mcm_clips(resolution=16, num_frames=4)
     assert config.stride_range == (8, 8) and not config.random_flip and config.min_video_frames == 25
-    with pytest.raises(ValueError, match="24 frames, fewer than 4 frames at stride 8"):
+    with pytest.raises(ValueError, match="24 frames, fewer than the 25 that 4 frames at stride 8 span .*min_frames=25"):
         make_clip(source[0], config, np.random.default_rng(0))
     fits = ClipConfig(num_frames=4, resolution=16, stride_range=(7, 7), random_flip=False, crop="random_resized", shorten=False)
     clip = make_clip(source[0], fits, np.random.default_rng(0))

@@ -121,9 +121,11 @@ def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator, clip_
     length = video_length(example)
     lo, hi = config.stride_range
     stride = int(rng.integers(lo, hi + 1))
-    if not config.shorten and length < (config.num_frames - 1) * stride + 1:
+    span = (config.num_frames - 1) * stride + 1
+    if not config.shorten and length < span:
         source = caption_text(example.get("source", b"")) or "a video"
-        raise ValueError(f"{source} has {length} frames, fewer than {config.num_frames} frames at stride {stride} span")
+        raise ValueError(f"{source} has {length} frames, fewer than the {span} that {config.num_frames} frames at stride {stride} span "
+                         f"(build datasets for these clips with min_frames={config.min_video_frames})")
     indices = sample_frame_indices(length, config.num_frames, stride, rng)
     caption = clip_caption(example, indices) if clip_caption else caption_text(example["caption"])
     clip = video_frames(example, indices)

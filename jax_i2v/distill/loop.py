@@ -176,8 +176,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         }
         return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()}
 
-    step = int(state.step)
-    saved_step = step
+    step = start_step = int(state.step)
     metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
     preemption = Preemption()
     cadence = Cadence(loop.steps, loop.log_every, loop.checkpoint_every, loop.time_limit_minutes, started)
@@ -186,17 +185,14 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     window_start, window_steps = time.perf_counter(), 0
 
     def save():
-        nonlocal saved_step
-        if step != saved_step:
-            checkpointer.save(step, state, data_iter, config.to_dict())
-            saved_step = step
+        checkpointer.save(step, state, data_iter, config.to_dict())
 
     try:
         while step < loop.steps:
             state, metrics = step_fn(state, teacher, backbone_params, global_batch(next(data_iter)), step_rng)
             step += 1
             window_steps += 1
-            if window_steps == 1 and step == saved_step + 1:  # the first step compiles: time from here
+            if step == start_step + 1:  # the first step compiles: time from here
                 jax.block_until_ready(state)
                 window_start, window_steps = time.perf_counter(), 0
             bar.update(1)

@@ -27,11 +27,17 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saved_step = self.manager.latest_step()
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def save(self, step: int, state: TrainState, data_iterator=None, config: Optional[dict] = None) -> None:
+        """Saves `step`, unless it is the step saved (or restored from) last: loops save at their
+        cadence and again when stopping, which may be the same step."""
+        if step == self._saved_step:
+            return
+        self._saved_step = step
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)

@@ -155,13 +155,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     bar = tqdm.tqdm(total=loop.steps, initial=step, desc="training", unit="step", disable=not is_chief)
     compiled, flops_per_step = None, float("nan")
     window_start, window_steps = time.perf_counter(), 0
-    saved_step = step
 
     def save():
-        nonlocal saved_step
-        if step != saved_step:
-            checkpointer.save(step, state, data_iter, config.to_dict())
-            saved_step = step
+        checkpointer.save(step, state, data_iter, config.to_dict())
 
     try:
         while step < loop.steps:

@@ -206,11 +206,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 bar.set_postfix(cd=f"{metrics['cd_loss']:.4f}", d=f"{metrics['d_loss']:.3f}")
             if save_now:
                 save()
-            if out_of_time:
-                log.warning("time limit of %g minutes reached: stopped at step %d", loop.time_limit_minutes, step)
-                break
-            if preemption.should_stop(step):
-                log.warning("preempted: saving step %d and stopping", step)
+            if cadence.should_stop(step, out_of_time, preemption):
                 save()
                 break
         student = jax.device_get(student_params(state, teacher, mcm))

@@ -190,11 +190,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                 if paths:
                     log.info("step %d: sample videos %s", step, ", ".join(paths))
                 window_start, window_steps = time.perf_counter(), 0
-            if out_of_time:
-                log.warning("time limit of %g minutes reached: stopped at step %d", loop.time_limit_minutes, step)
-                break
-            if preemption.should_stop(step):
-                log.warning("preempted: saving step %d and stopping", step)
+            if cadence.should_stop(step, out_of_time, preemption):
                 save()
                 break
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import time
@@ -13,6 +14,8 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+
+log = logging.getLogger(__name__)
 
 
 class Preemption:
@@ -124,3 +127,14 @@ class Cadence:
         out_of_time = step % self.log_every == 0 and past_time_limit(self.started, self.time_limit_minutes)
         last = step == self.steps or out_of_time
         return step % self.log_every == 0 or last, step % self.checkpoint_every == 0 or last, out_of_time
+
+    def should_stop(self, step: int, out_of_time: bool, preemption: Preemption) -> bool:
+        """Whether to stop after `step` (past the time limit, or preempted), logged with the reason.
+        The caller saves: a step saved already at the cadence is not saved twice."""
+        if out_of_time:
+            log.warning("time limit of %g minutes reached: stopped at step %d", self.time_limit_minutes, step)
+            return True
+        if preemption.should_stop(step):
+            log.warning("preempted: saving step %d and stopping", step)
+            return True
+        return False

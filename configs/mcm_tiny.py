@@ -21,7 +21,7 @@ def get_config():
         dict(
             source="moving_shapes",
             dir="data/moving_shapes",
-            dataset=dict(num_frames=32, resolution=32, max_objects=2, min_radius=0.1, max_radius=0.18, min_speed=0.008,
+            dataset=dict(num_frames=32, resolution=32, max_objects=1, min_radius=0.1, max_radius=0.18, min_speed=0.008,
                          max_speed=0.016, train_examples=500, test_examples=8, seed=1, quality="clean"),
             crop_scale=(1.0, 1.0),  # whole frames: a crop upscaled from 32 px would teach blur as real
         )

@@ -32,7 +32,7 @@ def get_config():
     # The consistency loss on raw latents, not MCM's learnt motion head: the head keeps only what it
     # learns to keep, and with this random-weight backbone the discriminator cannot hold the rest of
     # the appearance (10-minute students of the 20-minute tiny teacher, seed 2: fvd_proxy 1.78 raw,
-    # 3.50 learnt). Both still get worse with longer distillation (raw at 1140 steps: 2.83); see
+    # 3.50 learnt). The raw one still gets worse with longer distillation (1140 steps: 2.83); see
     # the README's MCM section.
     config.mcm = ml_collections.ConfigDict(
         dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,

@@ -15,14 +15,14 @@ def get_config():
     config.teacher = "runs/tiny"
     # Overrides of the teacher's data section (e.g. dict(dir=...) when the dataset moved).
     config.video_data = ml_collections.ConfigDict()
-    # The discriminator's real images: frames of clean moving-shapes videos of the teacher's sizes
-    # and speeds, or source="image_text" with dir= a folder from launch/build_dataset.py --layout images.
+    # The discriminator's real images: frames of clean moving-shapes videos with the teacher's
+    # data.dataset settings, overridden by `dataset` (other videos: seed 1), or source="image_text"
+    # with dir= a folder from launch/build_dataset.py --layout images.
     config.images = ml_collections.ConfigDict(
         dict(
             source="moving_shapes",
             dir="data/moving_shapes",
-            dataset=dict(num_frames=32, resolution=32, max_objects=1, min_radius=0.1, max_radius=0.18, min_speed=0.008,
-                         max_speed=0.016, train_examples=500, test_examples=8, seed=1, quality="clean"),
+            dataset=dict(train_examples=500, test_examples=8, seed=1),
             crop_scale=(1.0, 1.0),  # whole frames: a crop upscaled from 32 px would teach blur as real
         )
     )

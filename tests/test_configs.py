@@ -75,3 +75,15 @@ def test_unknown_or_unsupported_diffusers_keys_are_errors(reference_dir):
 def test_missing_config_file_is_clear():
     with pytest.raises(FileNotFoundError, match="nope.py"):
         load_config("nope.py")
+
+
+def test_mcm_tiny_discriminator_images_follow_the_teacher_scenes_clean():
+    from jax_i2v.distill.loop import image_dataset_settings
+
+    teacher = load_config(str(CONFIGS / "tiny.py"))
+    teacher.data.dataset.quality = "degraded"
+    images = image_dataset_settings(load_config(str(CONFIGS / "mcm_tiny.py")).images, teacher.data)
+    scene = ("num_frames", "resolution", "max_objects", "min_radius", "max_radius", "min_speed", "max_speed")
+    assert {k: images[k] for k in scene} == {k: teacher.data.dataset[k] for k in scene}
+    assert images["quality"] == "clean"  # MCM's high-quality images next to low-quality videos
+    assert images["seed"] != teacher.data.dataset.seed  # other videos than the teacher's

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from launch import benchmark
@@ -25,3 +27,21 @@ def test_benchmark_prints_one_json_line(reference_dir, reference_unet, capsys):
 def test_benchmark_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(["--unet-config", "x", "--frames", "1"])
+
+
+def test_train_video_features_mixes_settings_and_writes_loadable_weights(tmp_path, capsys):
+    from jax_i2v.eval.video_features import VideoFeatures
+    from launch import train_video_features
+
+    settings = train_video_features.generator_settings(4, ["configs/tiny.py"])
+    assert settings[0].max_objects == 3 and settings[1].max_objects == 1 and settings[1].max_speed == 0.016
+    _, labels, kinds = train_video_features.make_clips(0, 6, 4, np.random.default_rng(0), settings)
+    assert kinds.tolist() == [0, 1, 0, 1, 0, 1]
+    assert labels["shape"].shape == (6, 3)
+
+    out = tmp_path / "features.safetensors"
+    result = train_video_features.main(["--steps", "2", "--train-videos", "4", "--test-videos", "4", "--batch-size", "2",
+                                        "--frames", "4", "--out", str(out)])
+    assert set(result["held_out_accuracy_by_setting"]) == {"defaults", "configs/tiny.py"}
+    videos = (np.random.default_rng(0).random((3, 4, 32, 32, 3)) * 255).astype("uint8")
+    assert VideoFeatures.load(str(out)).features(videos).shape == (3, 64)

@@ -86,12 +86,19 @@ def _backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
     return module, module.init(jax.random.key(seed), jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
 
 
-def _images(settings: ml_collections.ConfigDict):
-    """The discriminator's real images: frames of a moving-shapes build (`dataset`: its settings,
-    clean by default) or an image-text dataset built by launch/build_dataset.py (`dir`)."""
+def image_dataset_settings(settings: ml_collections.ConfigDict, teacher_data: ml_collections.ConfigDict) -> dict:
+    """The moving-shapes settings of the discriminator's images: the teacher's `data.dataset`
+    (its scenes, sizes and speeds), made clean, with `settings.dataset` (seed, counts...) on top."""
+    return {**teacher_data.get("dataset", ml_collections.ConfigDict()).to_dict(), "quality": "clean",
+            **settings.get("dataset", ml_collections.ConfigDict()).to_dict()}
+
+
+def _images(settings: ml_collections.ConfigDict, teacher_data: ml_collections.ConfigDict):
+    """The discriminator's real images: frames of a moving-shapes build (see
+    `image_dataset_settings`) or an image-text dataset built by launch/build_dataset.py (`dir`)."""
     source = settings.get("source", "moving_shapes")
     if source == "moving_shapes":
-        dataset = settings.dataset.to_dict()
+        dataset = image_dataset_settings(settings, teacher_data)
         if jax.process_index() == 0:
             build_moving_shapes(settings.dir, **dataset)
         return FramesAsImages(load_moving_shapes(settings.dir, "train", **dataset), dataset["num_frames"])
@@ -145,7 +152,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     videos, _, clip_caption = video_sources(data)
     images = config.images
-    stream = distill_dataset(videos, _images(images), clip_config(data), backbone.config.image_size, loop.batch_size, loop.seed,
+    stream = distill_dataset(videos, _images(images, data), clip_config(data), backbone.config.image_size, loop.batch_size, loop.seed,
                              mcm.disc_frames, tuple(images.get("crop_scale", (0.5, 1.0))), jax.process_index(), jax.process_count(),
                              clip_caption, data.get("read_threads", 16))
     data_iter = iter(stream)

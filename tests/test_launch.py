@@ -1,9 +1,9 @@
 """The command-line entry points run end to end."""
 
 import json
+import pathlib
 
 import numpy as np
-
 import pytest
 
 from launch import benchmark
@@ -29,11 +29,12 @@ def test_benchmark_rejects_bad_arguments(capsys):
         benchmark.parse_args(["--unet-config", "x", "--frames", "1"])
 
 
-def test_train_video_features_mixes_settings_and_writes_loadable_weights(tmp_path, capsys):
+def test_train_video_features_mixes_settings_and_writes_loadable_weights(tmp_path):
     from jax_i2v.eval.video_features import VideoFeatures
     from launch import train_video_features
 
-    settings = train_video_features.generator_settings(4, ["configs/tiny.py"])
+    tiny = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
+    settings = train_video_features.generator_settings(4, [tiny])
     assert settings[0].max_objects == 3 and settings[1].max_objects == 1 and settings[1].max_speed == 0.016
     _, labels, kinds = train_video_features.make_clips(0, 6, 4, np.random.default_rng(0), settings)
     assert kinds.tolist() == [0, 1, 0, 1, 0, 1]
@@ -41,7 +42,7 @@ def test_train_video_features_mixes_settings_and_writes_loadable_weights(tmp_pat
 
     out = tmp_path / "features.safetensors"
     result = train_video_features.main(["--steps", "2", "--train-videos", "4", "--test-videos", "4", "--batch-size", "2",
-                                        "--frames", "4", "--out", str(out)])
-    assert set(result["held_out_accuracy_by_setting"]) == {"defaults", "configs/tiny.py"}
+                                        "--frames", "4", "--out", str(out), "--dataset-configs", tiny])
+    assert set(result["held_out_accuracy_by_setting"]) == {"defaults", tiny}
     videos = (np.random.default_rng(0).random((3, 4, 32, 32, 3)) * 255).astype("uint8")
     assert VideoFeatures.load(str(out)).features(videos).shape == (3, 64)

@@ -1,7 +1,7 @@
 """Trains the benchmark's video feature encoder (jax_i2v/eval/video_features.py) on moving-shapes
 clips and writes its weights (by default the copy shipped with the package).
 
-  python launch/train_video_features.py --steps 600 --out jax_i2v/eval/weights/video_features.safetensors
+  python launch/train_video_features.py --steps 1000 --out jax_i2v/eval/weights/video_features.safetensors
 
 Clips are the first F frames at a random stride 1-3 of freshly generated videos (seed 0 for
 training, the test split's seed stream for the reported held-out accuracy). Half the videos follow
@@ -34,12 +34,12 @@ MAX_STRIDE = 3
 
 def generator_settings(frames: int, dataset_configs: list[str]) -> list[MovingShapesConfig]:
     """The generator's defaults, then each config file's `data.dataset`, long enough for stride 3."""
-    settings = [MovingShapesConfig(num_frames=(frames - 1) * MAX_STRIDE + 1, resolution=INPUT_SIZE)]
+    length = (frames - 1) * MAX_STRIDE + 1
+    scene_fields = {f.name for f in dataclasses.fields(MovingShapesConfig)} - {"num_frames", "resolution"}
+    settings = [MovingShapesConfig(num_frames=length, resolution=INPUT_SIZE)]
     for path in dataset_configs:
         dataset = load_config(path).data.dataset
-        fields = {f.name for f in dataclasses.fields(MovingShapesConfig)} - {"num_frames", "resolution"}
-        settings.append(MovingShapesConfig(num_frames=(frames - 1) * MAX_STRIDE + 1, resolution=INPUT_SIZE,
-                                           **{k: v for k, v in dataset.items() if k in fields}))
+        settings.append(MovingShapesConfig(num_frames=length, resolution=INPUT_SIZE, **{k: v for k, v in dataset.items() if k in scene_fields}))
     return settings
 
 
@@ -64,7 +64,7 @@ def make_clips(seed: int, count: int, frames: int, rng: np.random.Generator, set
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--train-videos", type=int, default=2000)
     p.add_argument("--test-videos", type=int, default=256)

@@ -37,7 +37,7 @@ def get_config():
     config.mcm = ml_collections.ConfigDict(
         dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
              motion="raw", head_ema_decay=0.95, target="stop_gradient", lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,
-             adversarial_weight=1.0, disc_frames=2, gp_weight=1e-5)
+             adversarial_weight=1.0, disc_frames=2, disc_augment="color,translation,cutout", gp_weight=1e-5)
     )
     config.distill = ml_collections.ConfigDict(
         dict(batch_size=4, steps=2000, seed=0, log_every=10, checkpoint_every=200, keep_checkpoints=3, time_limit_minutes=0.0,

@@ -36,6 +36,33 @@ def test_diff_augment_shifts_with_zero_fill_and_cuts_out_a_square():
     assert not np.array_equal(out, np.asarray(diff_augment(jax.random.key(1), images)))
 
 
+def test_diff_augment_policy_applies_only_the_named_parts():
+    images = jax.random.uniform(jax.random.key(2), (16, 20, 20, 3), minval=-1.0, maxval=1.0)
+    np.testing.assert_array_equal(np.asarray(diff_augment(jax.random.key(0), images, "")), np.asarray(images))
+    # Translation alone moves pixels without changing any colour: every output pixel is an input
+    # pixel of the same image or the zero fill.
+    shifted = np.asarray(diff_augment(jax.random.key(0), images, "translation"))
+    for image, out in zip(np.asarray(images), shifted):
+        known = {tuple(p) for p in image.reshape(-1, 3)} | {(0.0, 0.0, 0.0)}
+        assert all(tuple(p) in known for p in out.reshape(-1, 3))
+    # The parts draw from the same keys whichever others are on: colour + translation equals the
+    # full policy wherever cutout did not zero a pixel.
+    full = np.asarray(diff_augment(jax.random.key(0), images))
+    partial = np.asarray(diff_augment(jax.random.key(0), images, "color,translation"))
+    kept = ~(full == 0).all(-1)
+    np.testing.assert_allclose(full[kept], partial[kept], atol=1e-6)
+    with pytest.raises(ValueError, match="colour"):
+        diff_augment(jax.random.key(0), images, "colour")
+
+
+def test_mcm_config_rejects_unknown_augmentations():
+    from jax_i2v.distill.step import MCMConfig
+
+    assert MCMConfig(disc_augment="").disc_augment == ""
+    with pytest.raises(ValueError, match="cut"):
+        MCMConfig(disc_augment="translation,cut")
+
+
 def test_backbone_input_is_imagenet_normalised():
     white = jnp.ones((1, 8, 8, 3))
     out = backbone_input(white, 4)

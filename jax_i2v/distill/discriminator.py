@@ -18,33 +18,56 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Virtual batch of BatchNormLocal: statistics over groups of this many samples.
 LOCAL_BATCH = 8
+AUGMENTATIONS = ("color", "translation", "cutout")
 
 
-def diff_augment(rng: jax.Array, images: jax.Array) -> jax.Array:
-    """DiffAugment "color,translation,cutout" (Zhao et al. 2020), independent draws per image:
-    brightness + U(-0.5, 0.5); saturation x U(0, 2) about the pixel's channel mean; contrast
-    x U(0.5, 1.5) about the image mean; a shift of up to 1/8 of the size with zero fill; a zeroed
-    square of side 1/5 of the size at a random centre."""
+def parse_augment_policy(policy: str) -> tuple[str, ...]:
+    """DiffAugment's policy string ("color,translation,cutout"; "" for none) -> its parts."""
+    parts = tuple(p for p in policy.split(",") if p)
+    unknown = set(parts) - set(AUGMENTATIONS)
+    if unknown:
+        raise ValueError(f"unknown DiffAugment parts {sorted(unknown)} in {policy!r}; known: {AUGMENTATIONS}")
+    return parts
+
+
+def diff_augment(rng: jax.Array, images: jax.Array, policy: str = "color,translation,cutout") -> jax.Array:
+    """DiffAugment (Zhao et al. 2020), independent draws per image, the parts named in `policy`:
+    color: brightness + U(-0.5, 0.5), saturation x U(0, 2) about the pixel's channel mean,
+    contrast x U(0.5, 1.5) about the image mean; translation: a shift of up to 1/8 of the size
+    with zero fill; cutout: a zeroed square of side 1/5 of the size at a random centre."""
+    parts = parse_augment_policy(policy)
     n, h, w, _ = images.shape
     keys = jax.random.split(rng, 7)
     x = images.astype(jnp.float32)
-    x = x + jax.random.uniform(keys[0], (n, 1, 1, 1), minval=-0.5, maxval=0.5)
-    mean = x.mean(axis=-1, keepdims=True)
-    x = (x - mean) * jax.random.uniform(keys[1], (n, 1, 1, 1), maxval=2.0) + mean
-    mean = x.mean(axis=(1, 2, 3), keepdims=True)
-    x = (x - mean) * jax.random.uniform(keys[2], (n, 1, 1, 1), minval=0.5, maxval=1.5) + mean
+    if "color" in parts:
+        x = x + jax.random.uniform(keys[0], (n, 1, 1, 1), minval=-0.5, maxval=0.5)
+        mean = x.mean(axis=-1, keepdims=True)
+        x = (x - mean) * jax.random.uniform(keys[1], (n, 1, 1, 1), maxval=2.0) + mean
+        mean = x.mean(axis=(1, 2, 3), keepdims=True)
+        x = (x - mean) * jax.random.uniform(keys[2], (n, 1, 1, 1), minval=0.5, maxval=1.5) + mean
+    if "translation" in parts:
+        x = _translate(keys[3], keys[4], x)
+    if "cutout" in parts:
+        x = _cut_out(keys[5], keys[6], x)
+    return x
 
+
+def _translate(key_y: jax.Array, key_x: jax.Array, x: jax.Array) -> jax.Array:
+    n, h, w, _ = x.shape
     max_y, max_x = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
-    dy = jax.random.randint(keys[3], (n,), -max_y, max_y + 1)
-    dx = jax.random.randint(keys[4], (n,), -max_x, max_x + 1)
+    dy = jax.random.randint(key_y, (n,), -max_y, max_y + 1)
+    dx = jax.random.randint(key_x, (n,), -max_x, max_x + 1)
     padded = jnp.pad(x, ((0, 0), (max_y, max_y), (max_x, max_x), (0, 0)))
-    x = jax.vmap(lambda image, top, left: jax.lax.dynamic_slice(image, (top, left, 0), (h, w, x.shape[-1])))(
+    return jax.vmap(lambda image, top, left: jax.lax.dynamic_slice(image, (top, left, 0), (h, w, x.shape[-1])))(
         padded, max_y - dy, max_x - dx
     )
 
+
+def _cut_out(key_y: jax.Array, key_x: jax.Array, x: jax.Array) -> jax.Array:
+    n, h, w, _ = x.shape
     size_y, size_x = int(h * 0.2 + 0.5), int(w * 0.2 + 0.5)
-    top = jax.random.randint(keys[5], (n, 1, 1), 0, h + (1 - size_y % 2)) - size_y // 2
-    left = jax.random.randint(keys[6], (n, 1, 1), 0, w + (1 - size_x % 2)) - size_x // 2
+    top = jax.random.randint(key_y, (n, 1, 1), 0, h + (1 - size_y % 2)) - size_y // 2
+    left = jax.random.randint(key_x, (n, 1, 1), 0, w + (1 - size_x % 2)) - size_x // 2
     rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
     cut = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)
     return jnp.where(cut[..., None], 0.0, x)

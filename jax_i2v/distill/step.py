@@ -32,6 +32,7 @@ from jax_i2v.distill.discriminator import (
     discriminator_loss,
     feature_gradient_penalty,
     generator_loss,
+    parse_augment_policy,
 )
 from jax_i2v.distill.motion import MOTION_REPRESENTATIONS, SpatialHead, motion_representation
 from jax_i2v.models.unet import VideoUNet, apply_unet
@@ -62,6 +63,8 @@ class MCMConfig:
     mixed_trajectory: float = 0.5  # probability that the clean latent is the student's one-step sample
     adversarial_weight: float = 1.0
     disc_frames: int = 2
+    # DiffAugment parts applied to the discriminator's real and fake frames ("" for none).
+    disc_augment: str = "color,translation,cutout"
     gp_weight: float = 1e-5
     student_grad_clip: float = 10.0
     noise_alpha: float = 1.0  # the teacher's training noise (pyoco mixed)
@@ -71,6 +74,7 @@ class MCMConfig:
             raise ValueError(f"motion must be one of {MOTION_REPRESENTATIONS} and target one of {TARGETS}, got {self.motion!r}, {self.target!r}")
         if not 0.0 <= self.mixed_trajectory <= 1.0 or self.guidance_min > self.guidance_max or self.lora_rank < 0:
             raise ValueError(f"bad MCM settings: {self}")
+        parse_augment_policy(self.disc_augment)
 
 
 @flax.struct.dataclass
@@ -177,8 +181,8 @@ def _disc_logits(models: MCMModels, disc, stats, backbone_params, images, condit
     )
 
 
-def _augmented(models: MCMModels, rng, images):
-    return backbone_input(diff_augment(rng, images), models.backbone.config.image_size)
+def _augmented(models: MCMModels, rng, images, policy: str):
+    return backbone_input(diff_augment(rng, images, policy), models.backbone.config.image_size)
 
 
 def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: Batch, rng, models: MCMModels, config: MCMConfig):
@@ -226,7 +230,7 @@ def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: B
     cd_loss = consistency_loss(ours, jax.lax.stop_gradient(theirs), config.loss_type, config.huber_c)
 
     frames = jax.random.choice(keys[5], clean.shape[1], (config.disc_frames,), replace=False)
-    fake = _augmented(models, keys[6], _frames_to_images(models, prediction, frames))
+    fake = _augmented(models, keys[6], _frames_to_images(models, prediction, frames), config.disc_augment)
     condition = jnp.repeat(batch["condition"], config.disc_frames, axis=0)
     logits, stats = _disc_logits(models, state.disc, state.disc_stats, backbone_params, fake, condition)
     adv_loss = generator_loss(logits)
@@ -256,8 +260,8 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     # Discriminator: the detached prediction (new frames) against real high-quality images.
     keys = jax.random.split(disc_key, 4)
     frames = jax.random.choice(keys[0], prediction.shape[1], (config.disc_frames,), replace=False)
-    fake = _augmented(models, keys[1], _frames_to_images(models, jax.lax.stop_gradient(prediction), frames))
-    real = _augmented(models, keys[2], batch["real_images"])
+    fake = _augmented(models, keys[1], _frames_to_images(models, jax.lax.stop_gradient(prediction), frames), config.disc_augment)
+    real = _augmented(models, keys[2], batch["real_images"], config.disc_augment)
     condition = jnp.repeat(batch["condition"], config.disc_frames, axis=0)
 
     def disc_loss_fn(disc, stats):

@@ -31,9 +31,9 @@ def get_config():
     # jax_i2v.distill.step.MCMConfig: MCM's settings, with guidance scaled to what tiny samples at.
     # The consistency loss on raw latents, not MCM's learnt motion head: the head keeps only what it
     # learns to keep, and with this random-weight backbone the discriminator cannot hold the rest of
-    # the appearance (10-minute students of the 20-minute tiny teacher, seed 2: fvd_proxy 1.78 raw,
-    # 3.50 learnt). The raw one still gets worse with longer distillation (1140 steps: 2.83); see
-    # the README's MCM section.
+    # the appearance (10-minute students of the 20-minute tiny teacher, seed 2, with the earlier
+    # fvd_proxy encoder: 1.78 raw, 3.50 learnt). The raw one still gets worse with longer
+    # distillation (1140 steps: 2.83); see the README's MCM section.
     config.mcm = ml_collections.ConfigDict(
         dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
              motion="raw", head_ema_decay=0.95, target="stop_gradient", lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,

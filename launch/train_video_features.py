@@ -44,7 +44,9 @@ def generator_settings(frames: int, dataset_configs: list[str]) -> list[MovingSh
 
 
 def _padded(values: np.ndarray) -> np.ndarray:
-    return np.pad(values[:MAX_OBJECTS], (0, MAX_OBJECTS - min(len(values), MAX_OBJECTS)), constant_values=-1)
+    """Per-object metadata of any max_objects -> MAX_OBJECTS slots (padding -1)."""
+    values = values[:MAX_OBJECTS]
+    return np.pad(values, (0, MAX_OBJECTS - len(values)), constant_values=-1)
 
 
 def make_clips(seed: int, count: int, frames: int, rng: np.random.Generator, settings: list[MovingShapesConfig]):

@@ -19,6 +19,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Virtual batch of BatchNormLocal: statistics over groups of this many samples.
 LOCAL_BATCH = 8
 AUGMENTATIONS = ("color", "translation", "cutout")
+ALL_AUGMENTATIONS = ",".join(AUGMENTATIONS)  # DiffAugment's policy string with every part
 
 
 def parse_augment_policy(policy: str) -> tuple[str, ...]:
@@ -30,7 +31,7 @@ def parse_augment_policy(policy: str) -> tuple[str, ...]:
     return parts
 
 
-def diff_augment(rng: jax.Array, images: jax.Array, policy: str = "color,translation,cutout") -> jax.Array:
+def diff_augment(rng: jax.Array, images: jax.Array, policy: str = ALL_AUGMENTATIONS) -> jax.Array:
     """DiffAugment (Zhao et al. 2020), independent draws per image, the parts named in `policy`:
     color: brightness + U(-0.5, 0.5), saturation x U(0, 2) about the pixel's channel mean,
     contrast x U(0.5, 1.5) about the image mean; translation: a shift of up to 1/8 of the size

@@ -26,6 +26,7 @@ from jax_i2v.distill import lora
 from jax_i2v.distill.backbone import ViT
 from jax_i2v.distill.consistency import consistency_loss, ddim_solver_step, lcm_guidance, solver_previous_timesteps
 from jax_i2v.distill.discriminator import (
+    ALL_AUGMENTATIONS,
     ProjectedDiscriminator,
     backbone_input,
     diff_augment,
@@ -64,7 +65,7 @@ class MCMConfig:
     adversarial_weight: float = 1.0
     disc_frames: int = 2
     # DiffAugment parts applied to the discriminator's real and fake frames ("" for none).
-    disc_augment: str = "color,translation,cutout"
+    disc_augment: str = ALL_AUGMENTATIONS
     gp_weight: float = 1e-5
     student_grad_clip: float = 10.0
     noise_alpha: float = 1.0  # the teacher's training noise (pyoco mixed)

@@ -164,6 +164,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         state = jax.jit(init, out_shardings=shardings)(init_rng, teacher)
 
     null_text = encoder.encode([""])[0]
+    # A lossy codec (the CPU configs' block DCT) drops detail the student cannot draw; real images
+    # that keep it would teach the discriminator the codec, not the videos' flaws.
+    through_codec = images.get("through_codec", False)
 
     def global_batch(local: dict) -> dict[str, jax.Array]:
         video = local["video"]
@@ -171,6 +174,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         text_embeddings = encoder.encode(local["caption"])
         real_captions = [c for captions in local["real_captions"] for c in captions]
         real = local["real_images"]
+        if through_codec:
+            flat = real.reshape(-1, *real.shape[2:])
+            real = np.asarray(codec.decode(codec.encode(flat))).reshape(real.shape)
         arrays = {
             "latents": np.asarray(latents).reshape(*video.shape[:2], *latents.shape[1:]),
             "text": text_embeddings,

@@ -41,6 +41,7 @@ from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, params_
 
 Batch = Mapping[str, jax.Array]
 TARGETS = ("stop_gradient", "ema")
+DISC_CONDITIONS = ("text", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,9 @@ class MCMConfig:
     disc_frames: int = 2
     # DiffAugment parts applied to the discriminator's real and fake frames ("" for none).
     disc_augment: str = ALL_AUGMENTATIONS
+    # "text": the projection discriminator reads each image's caption embedding (MCM); "none": one
+    # fixed condition for every image, so the projection is a single learnt direction.
+    disc_condition: str = "text"
     gp_weight: float = 1e-5
     student_grad_clip: float = 10.0
     noise_alpha: float = 1.0  # the teacher's training noise (pyoco mixed)
@@ -76,6 +80,8 @@ class MCMConfig:
         if not 0.0 <= self.mixed_trajectory <= 1.0 or self.guidance_min > self.guidance_max or self.lora_rank < 0:
             raise ValueError(f"bad MCM settings: {self}")
         parse_augment_policy(self.disc_augment)
+        if self.disc_condition not in DISC_CONDITIONS:
+            raise ValueError(f"disc_condition must be one of {DISC_CONDITIONS}, got {self.disc_condition!r}")
 
 
 @flax.struct.dataclass
@@ -182,6 +188,13 @@ def _disc_logits(models: MCMModels, disc, stats, backbone_params, images, condit
     )
 
 
+def discriminator_condition(embeddings: jax.Array, config: MCMConfig, repeats: int = 1) -> jax.Array:
+    """(N, D) caption embeddings -> (N * repeats, D) discriminator conditions."""
+    if config.disc_condition == "none":
+        embeddings = jnp.full_like(embeddings, 1.0 / embeddings.shape[-1] ** 0.5)
+    return jnp.repeat(embeddings, repeats, axis=0)
+
+
 def _augmented(models: MCMModels, rng, images, policy: str):
     return backbone_input(diff_augment(rng, images, policy), models.backbone.config.image_size)
 
@@ -232,7 +245,7 @@ def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: B
 
     frames = jax.random.choice(keys[5], clean.shape[1], (config.disc_frames,), replace=False)
     fake = _augmented(models, keys[6], _frames_to_images(models, prediction, frames), config.disc_augment)
-    condition = jnp.repeat(batch["condition"], config.disc_frames, axis=0)
+    condition = discriminator_condition(batch["condition"], config, config.disc_frames)
     logits, stats = _disc_logits(models, state.disc, state.disc_stats, backbone_params, fake, condition)
     adv_loss = generator_loss(logits)
     metrics = {"cd_loss": cd_loss, "g_adv_loss": adv_loss, "generated_trajectory": use_generated.astype(jnp.float32)}
@@ -263,10 +276,10 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     frames = jax.random.choice(keys[0], prediction.shape[1], (config.disc_frames,), replace=False)
     fake = _augmented(models, keys[1], _frames_to_images(models, jax.lax.stop_gradient(prediction), frames), config.disc_augment)
     real = _augmented(models, keys[2], batch["real_images"], config.disc_augment)
-    condition = jnp.repeat(batch["condition"], config.disc_frames, axis=0)
+    condition = discriminator_condition(batch["condition"], config, config.disc_frames)
 
     def disc_loss_fn(disc, stats):
-        real_logits, stats = _disc_logits(models, disc, stats, backbone_params, real, batch["real_condition"])
+        real_logits, stats = _disc_logits(models, disc, stats, backbone_params, real, discriminator_condition(batch["real_condition"], config))
         fake_logits, stats = _disc_logits(models, disc, stats["batch_stats"], backbone_params, fake, condition)
         stats = stats["batch_stats"]
 

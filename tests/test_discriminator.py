@@ -152,7 +152,7 @@ def test_the_cpu_demo_discriminator_tells_clean_frames_from_degraded_ones():
 
     from jax_i2v.config_utils import load_config
     from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
-    from jax_i2v.distill.backbone import ViT, ViTConfig
+    from jax_i2v.distill.loop import build_backbone
     from jax_i2v.distill.step import MCMConfig, discriminator_condition
     from jax_i2v.models.vae import latent_codec
 
@@ -169,9 +169,8 @@ def test_the_cpu_demo_discriminator_tells_clean_frames_from_degraded_ones():
     train, held_out = range(24), range(100, 108)
     real, fake = frames("clean", train), frames("degraded", train)
     mcm = MCMConfig(disc_augment="", disc_condition="none")
-    backbone = ViT(ViTConfig(**{k: tuple(v) if k == "hooks" else v for k, v in distill.backbone.to_dict().items() if k != "kind"}))
+    backbone, backbone_params = build_backbone(distill.backbone.to_dict(), seed=0)
     size = backbone.config.image_size
-    backbone_params = backbone.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))["params"]
     model = ProjectedDiscriminator(num_heads=len(backbone.config.hooks))
     condition = discriminator_condition(jnp.zeros((8, 32)), mcm)
 

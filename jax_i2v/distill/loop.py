@@ -71,7 +71,7 @@ class DistillLoopConfig:
             raise ValueError(f"learning rates must be positive, got {self.gen_lr}, {self.disc_lr}")
 
 
-def _backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
+def build_backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
     """kind "vit": a randomly initialised, frozen ViT of the given ViTConfig fields (CPU configs);
     "dinov2": a folder written by launch/convert_backbone.py (`dir`, optional `hooks`)."""
     settings = dict(settings)
@@ -136,7 +136,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     encoder = text.encoder(teacher_all["text"]) if text.module is not None else text.encoder()
     teacher = teacher_all["unet"] if text.module is not None else teacher_all
     codec = latent_codec(teacher_config)
-    backbone, backbone_params = _backbone(config.backbone.to_dict(), loop.seed)
+    backbone, backbone_params = build_backbone(config.backbone.to_dict(), loop.seed)
     schedule = make_schedule(**teacher_config.schedule.to_dict())
     models = make_models(unet, schedule, teacher_config.objective.prediction_type, codec.decode, backbone, mcm, loop.gen_lr, loop.disc_lr)
 

@@ -66,7 +66,8 @@ def get_config():
             # accuracy 0.48 after 2790 steps; 0.97 with one object after 2290).
             dataset=dict(num_frames=32, resolution=32, max_objects=1, min_radius=0.1, max_radius=0.18,
                          min_speed=0.008, max_speed=0.016, train_examples=2000, test_examples=64, seed=0,
-                         quality="clean"),  # "degraded": blurred, noisy, watermarked (MCM's low-quality videos)
+                         # "degraded": blurred (gaussian, blur_sigma px), noisy, watermarked (MCM's low-quality videos)
+                         quality="clean", blur_sigma=0.8),
         )
     )
     # How pixels map to the UNet's input (jax_i2v/models/vae.py): "pixels" (identity),

@@ -19,7 +19,7 @@ from jax_i2v.data.moving_shapes import (
     reverse_directions,
     watermark,
 )
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
+from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, builder_config, load_moving_shapes
 from jax_i2v.data.video_pipeline import ClipConfig, make_clip, sample_frame_indices, swap_left_right, training_dataset
 
 SMALL = MovingShapesConfig(num_frames=12, resolution=24)
@@ -170,6 +170,14 @@ def test_degraded_videos_are_the_clean_scene_blurred_noised_and_watermarked(buil
     assert load_moving_shapes(built[0], "train", **settings)[0]["video"].shape == (8, 16, 16, 3)
     with pytest.raises(ValueError, match="quality"):
         MovingShapesConfig(quality="blurry")
+    # A stronger blur (blur_sigma) is a different dataset: its own name, softer edges, same scene.
+    stronger = generate_example(3, 1, dataclasses.replace(config, quality="degraded", blur_sigma=2 * BLUR_SIGMA))
+    np.testing.assert_array_equal(stronger["masks"], clean["masks"])
+    edges = lambda video: np.square(np.diff(video.astype(float), axis=2))[:, ~mark[:, 1:] & ~mark[:, :-1]].mean()
+    assert edges(stronger["video"]) < 0.8 * edges(degraded["video"])
+    assert builder_config(**settings, blur_sigma=1.5).name == builder_config(**settings).name + "_blur1.5"
+    with pytest.raises(ValueError, match="blur_sigma"):
+        MovingShapesConfig(blur_sigma=0.0)
 
 
 def test_hosts_see_their_rows_of_the_same_global_batches_and_resume_exactly(built):

@@ -50,12 +50,15 @@ class MovingShapesConfig:
     min_speed: float = 0.02  # fraction of the resolution per frame
     max_speed: float = 0.05
     quality: str = "clean"  # or "degraded"
+    blur_sigma: float = BLUR_SIGMA  # of "degraded" videos, px of a 32-px frame
 
     def __post_init__(self):
         if self.num_frames < 2 or self.resolution < 8 or not 1 <= self.max_objects <= 3:
             raise ValueError(f"need num_frames >= 2, resolution >= 8, 1 <= max_objects <= 3; got {self}")
         if not 0 < self.min_radius <= self.max_radius < 0.5 or not 0 < self.min_speed <= self.max_speed:
             raise ValueError(f"bad radius or speed range in {self}")
+        if self.blur_sigma <= 0:
+            raise ValueError(f"blur_sigma must be positive, got {self.blur_sigma}")
         if self.quality not in QUALITIES:
             raise ValueError(f"quality must be one of {QUALITIES}, got {self.quality!r}")
 
@@ -160,10 +163,10 @@ def gaussian_blur(video: np.ndarray, sigma: float) -> np.ndarray:
     return video
 
 
-def degrade(video: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def degrade(video: np.ndarray, rng: np.random.Generator, blur_sigma: float = BLUR_SIGMA) -> np.ndarray:
     """(T, S, S, 3) uint8 -> the same, blurred, noisy and watermarked (white at WATERMARK_OPACITY)."""
     size = video.shape[1]
-    frames = gaussian_blur(video.astype(np.float64), BLUR_SIGMA * size / 32)
+    frames = gaussian_blur(video.astype(np.float64), blur_sigma * size / 32)
     frames = frames + rng.normal(0.0, NOISE_STD, frames.shape)
     cover = WATERMARK_OPACITY * watermark(size)[None, :, :, None]
     frames = (1.0 - cover) * frames + cover * 255.0
@@ -222,7 +225,7 @@ def generate_example(seed: int, index: int, config: MovingShapesConfig = MovingS
             covered |= mask
         video[t] = np.round(frame).astype(np.uint8)
     if config.quality == "degraded":
-        video = degrade(video, rng)
+        video = degrade(video, rng, config.blur_sigma)
     return dict(
         video=video,
         caption=describe(shapes[:n], colours[:n], directions[:n]),

@@ -35,11 +35,13 @@ class MovingShapesBuilderConfig(tfds.core.BuilderConfig):
     min_speed: float = MovingShapesConfig.min_speed
     max_speed: float = MovingShapesConfig.max_speed
     quality: str = MovingShapesConfig.quality  # "degraded": blurred, noisy, watermarked videos
+    blur_sigma: float = MovingShapesConfig.blur_sigma
 
     def generator_config(self) -> MovingShapesConfig:
         shape_and_motion = {name: getattr(self, name) for name in _SHAPE_AND_MOTION}
         return MovingShapesConfig(
-            num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, quality=self.quality, **shape_and_motion
+            num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, quality=self.quality,
+            blur_sigma=self.blur_sigma, **shape_and_motion
         )
 
 
@@ -83,7 +85,7 @@ class MovingShapes(tfds.core.GeneratorBasedBuilder):
 
 def builder_config(**config) -> MovingShapesBuilderConfig:
     """A builder config from MovingShapesBuilderConfig fields (num_frames, resolution, max_objects,
-    train_examples, test_examples, seed, min/max_radius, min/max_speed, quality); its name encodes them, so
+    train_examples, test_examples, seed, min/max_radius, min/max_speed, quality, blur_sigma); its name encodes them, so
     different settings coexist."""
     fields = {f.name for f in dataclasses.fields(MovingShapesBuilderConfig)} - {
         f.name for f in dataclasses.fields(tfds.core.BuilderConfig)
@@ -98,6 +100,8 @@ def builder_config(**config) -> MovingShapesBuilderConfig:
         name += "_rad{min_radius:g}-{max_radius:g}_v{min_speed:g}-{max_speed:g}".format(**values)
     if values["quality"] != defaults.quality:
         name += "_" + values["quality"]
+    if values["quality"] == "degraded" and values["blur_sigma"] != defaults.blur_sigma:
+        name += "_blur{blur_sigma:g}".format(**values)
     result = MovingShapesBuilderConfig(name=name, **values)
     result.generator_config()  # bad settings fail here, before a build
     return result

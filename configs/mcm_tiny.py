@@ -4,6 +4,13 @@ sampling, its frame discriminator fed clean moving-shapes frames while the video
 low-quality videos + high-quality images).
 
   python launch/distill.py --config=configs/mcm_tiny.py --workdir=runs/mcm_tiny --config.teacher=runs/tiny
+
+MCM's setting on this CPU (the README's degraded-video table): a teacher on degraded videos, then
+the student, sharper and without the watermark:
+
+  python launch/train.py --config=configs/tiny.py --workdir=runs/tiny_degraded --config.data.dataset.quality=degraded
+  python launch/distill.py --config=configs/mcm_tiny.py --workdir=runs/mcm_degraded --config.teacher=runs/tiny_degraded \
+      --config.distill.steps=1000 --config.distill.time_limit_minutes=0
 """
 
 import ml_collections

@@ -14,6 +14,14 @@ FRAMES = 8
 CONFIG = MovingShapesConfig(num_frames=32, resolution=32)
 
 
+def _tiny_codec():
+    """configs/tiny.py's latent codec (a block DCT that keeps each 4x4 block's lowest frequencies)."""
+    from jax_i2v.config_utils import load_config
+    from jax_i2v.models.vae import latent_codec
+
+    return latent_codec(load_config(str(ROOT / "configs" / "tiny.py")))
+
+
 def _clips(count=100, seed=1_000_003):
     for index in range(count):
         example = generate_example(seed, index, CONFIG)
@@ -62,16 +70,14 @@ def test_frechet_distance():
 
 
 def test_the_codec_reference_is_the_ground_truth_through_the_codec():
-    from jax_i2v.config_utils import load_config
     from jax_i2v.eval.synthetic_benchmark import BenchmarkClip, codec_round_trip, run_benchmark
-    from jax_i2v.models.vae import PixelSpace, latent_codec
+    from jax_i2v.models.vae import PixelSpace
 
     clips = [BenchmarkClip(video, "", masks, directions) for video, masks, directions in _clips(24)]
     exact = run_benchmark(None, clips, round_trip=codec_round_trip(PixelSpace()))
     assert exact["ground_truth_coded"] == exact["ground_truth"]
     # configs/tiny.py's block DCT low-passes edges: colours and background suffer a little, the motion survives.
-    tiny_config = load_config(str(ROOT / "configs" / "tiny.py"))
-    coded = run_benchmark(None, clips, round_trip=codec_round_trip(latent_codec(tiny_config)))["ground_truth_coded"]
+    coded = run_benchmark(None, clips, round_trip=codec_round_trip(_tiny_codec()))["ground_truth_coded"]
     assert 20.0 < coded["background_psnr"] < 100.0 and 0.0 < coded["appearance_drift"] < 0.1
     assert coded["motion_error"] < 0.02 and coded["direction_accuracy"] > 0.9
 
@@ -80,15 +86,13 @@ def test_frame_quality_sees_the_degradations_of_mcm_low_quality_videos():
     import dataclasses
 
     from jax_i2v.data.moving_shapes import BLUR_SIGMA, WATERMARK_OPACITY, gaussian_blur
-    from jax_i2v.config_utils import load_config
     from jax_i2v.eval.frame_quality import frame_quality
     from jax_i2v.eval.synthetic_benchmark import codec_round_trip
-    from jax_i2v.models.vae import latent_codec
 
     config = MovingShapesConfig(num_frames=8, resolution=32, max_objects=2, min_radius=0.1, max_radius=0.18)
     # The tiny models' codec keeps only each 4x4 block's lowest frequencies: the blur must still
     # show through it, or no model decoding through it could be measured sharper than another.
-    coded = codec_round_trip(latent_codec(load_config(str(ROOT / "configs" / "tiny.py"))))
+    coded = codec_round_trip(_tiny_codec())
     scores = {name: [] for name in ("clean", "degraded", "blurred", "clean_coded", "degraded_coded")}
     for index in range(40):
         example = generate_example(1, index, config)

@@ -38,3 +38,28 @@ def test_train_then_evaluate(micro_run, tmp_path):
     # 4 rows of (sample | ground truth), 16x16 frames magnified 4x with 2-pixel gaps.
     grid = iio.imread(tmp_path / "samples.gif")
     assert grid.shape == (4, 4 * 64 + 3 * 2, 2 * 64 + 2, 3)
+
+
+def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
+    import numpy as np
+
+    from jax_i2v.config_utils import load_config
+    from launch import evaluate
+
+    config = load_config(str(ROOT / "configs" / "tiny.py"))
+    args = evaluate.parse_args(["--checkpoint", "unused"])
+    assert evaluate.sampling_settings(config, args)["noise_alpha"] == config.objective.noise_alpha == 1.0
+    config.objective.noise_alpha = 0.0
+    assert evaluate.sampling_settings(config, args)["noise_alpha"] == 0.0
+    settings = evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))
+    assert settings["noise_alpha"] == 0.5
+
+    calls = []
+
+    class RecordingPipeline:
+        def sample_each(self, images, prompts, **kwargs):
+            calls.append(kwargs)
+            return np.zeros((len(images), 2, 4, 4, 3), np.float32)
+
+    evaluate.pipeline_generator(RecordingPipeline(), 2, 4, settings)(np.zeros((1, 4, 4, 3), np.uint8), ["a caption"], 0)
+    assert calls[0]["noise_alpha"] == 0.5

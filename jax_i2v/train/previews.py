@@ -47,6 +47,7 @@ class PreviewWriter:
             width=data.resolution,
             num_steps=self.num_steps,
             frame_stride=self.frame_stride,
+            noise_alpha=self.config.get("objective", {}).get("noise_alpha", 1.0),
             show_progress=False,
         )
         paths = []

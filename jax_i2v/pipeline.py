@@ -321,6 +321,11 @@ def scheduler_from_config(config) -> DDIMConfig | LCMConfig:
     return ddim
 
 
+def noise_alpha_from_config(config) -> float:
+    """The pyoco alpha an experiment config trains with: its samplers mix noise across frames alike."""
+    return float(config.get("objective", {}).get("noise_alpha", 1.0))
+
+
 def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:
     """Writes each video of a (B, T, H, W, 3) batch as `{prefix}_{i}.{fmt}` (or `{prefix}.{fmt}` for B = 1)."""
     paths = []

@@ -28,7 +28,7 @@ from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
-from jax_i2v.pipeline import I2VPipeline
+from jax_i2v.pipeline import I2VPipeline, noise_alpha_from_config
 
 BENCHES = ("synthetic",)
 GIF_ROWS = 8
@@ -73,8 +73,7 @@ def sampling_settings(config, args) -> dict:
     settings = dict(SAMPLING_DEFAULTS)
     settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
-    # Sampling noise correlated across frames as the model's training noise was.
-    settings["noise_alpha"] = args.noise_alpha if args.noise_alpha is not None else config.get("objective", {}).get("noise_alpha", 1.0)
+    settings["noise_alpha"] = args.noise_alpha if args.noise_alpha is not None else noise_alpha_from_config(config)
     if settings["frameinit"] not in FILTER_TYPES + ("none",):
         raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
     return settings

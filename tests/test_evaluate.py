@@ -7,7 +7,11 @@ import subprocess
 import sys
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
+
+from jax_i2v.config_utils import load_config
+from launch import evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,11 +45,6 @@ def test_train_then_evaluate(micro_run, tmp_path):
 
 
 def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
-    import numpy as np
-
-    from jax_i2v.config_utils import load_config
-    from launch import evaluate
-
     config = load_config(str(ROOT / "configs" / "tiny.py"))
     args = evaluate.parse_args(["--checkpoint", "unused"])
     assert evaluate.sampling_settings(config, args)["noise_alpha"] == config.objective.noise_alpha == 1.0

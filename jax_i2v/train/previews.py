@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from jax_i2v.pipeline import I2VPipeline, save_videos
+from jax_i2v.pipeline import I2VPipeline, noise_alpha_from_config, save_videos
 
 
 class PreviewWriter:
@@ -47,7 +47,7 @@ class PreviewWriter:
             width=data.resolution,
             num_steps=self.num_steps,
             frame_stride=self.frame_stride,
-            noise_alpha=self.config.get("objective", {}).get("noise_alpha", 1.0),
+            noise_alpha=noise_alpha_from_config(self.config),
             show_progress=False,
         )
         paths = []

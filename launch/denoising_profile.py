@@ -27,6 +27,7 @@ from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.eval.denoising import denoising_errors
 from jax_i2v.eval.synthetic_benchmark import load_run_and_clips
 from jax_i2v.models.unet import apply_unet
+from jax_i2v.pipeline import noise_alpha_from_config
 
 DEFAULT_TIMESTEPS = (10, 50, 100, 200, 400, 600, 800, 999)
 
@@ -62,7 +63,7 @@ def run(args) -> dict:
         jnp.ones((len(clips),), jnp.float32),
         args.timesteps,
         jax.random.key(args.seed),
-        noise_alpha=config.objective.get("noise_alpha", 1.0),
+        noise_alpha=noise_alpha_from_config(config),
         other_texts={"reversed_caption": pipe.text_encoder.encode([reverse_directions(c) for c in captions])},
     )
     static = jnp.broadcast_to(latents[:, :1], latents[:, 1:].shape)

@@ -87,3 +87,14 @@ def test_mcm_tiny_discriminator_images_follow_the_teacher_scenes_clean():
     assert {k: images[k] for k in scene} == {k: teacher.data.dataset[k] for k in scene}
     assert images["quality"] == "clean"  # MCM's high-quality images next to low-quality videos
     assert images["seed"] != teacher.data.dataset.seed  # other videos than the teacher's
+
+
+def test_mcm_noises_clips_with_the_teachers_training_alpha_unless_set():
+    from jax_i2v.distill.loop import mcm_config
+
+    config, teacher = load_config(str(CONFIGS / "mcm_tiny.py")), load_config(str(CONFIGS / "tiny.py"))
+    assert mcm_config(config, teacher).noise_alpha == teacher.objective.noise_alpha == 1.0
+    teacher.objective.noise_alpha = 0.0
+    assert mcm_config(config, teacher).noise_alpha == 0.0
+    config.mcm.noise_alpha = 0.5
+    assert mcm_config(config, teacher).noise_alpha == 0.5

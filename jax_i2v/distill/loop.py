@@ -37,6 +37,7 @@ from jax_i2v.models.unet import build_unet
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.pipeline import noise_alpha_from_config
 from jax_i2v.train.checkpoint import Checkpointer, export_params, load_for_inference
 from jax_i2v.train.inputs import video_sources
 from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, config_section
@@ -117,14 +118,23 @@ def student_config(teacher_config: ml_collections.ConfigDict, steps: int = 4, ti
     return config.to_dict()
 
 
+def mcm_config(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict) -> MCMConfig:
+    """`config.mcm`, noising clips with the pyoco alpha the teacher was trained with unless
+    `mcm.noise_alpha` is set."""
+    mcm = config_section(config, "mcm", MCMConfig)
+    if "noise_alpha" not in config.mcm:
+        mcm = dataclasses.replace(mcm, noise_alpha=noise_alpha_from_config(teacher_config))
+    return mcm
+
+
 def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     loop = config_section(config, "distill", DistillLoopConfig)
-    mcm = config_section(config, "mcm", MCMConfig)
     teacher_dict, teacher_all = load_for_inference(config.teacher)
     teacher_config = config_from_dict(teacher_dict)
+    mcm = mcm_config(config, teacher_config)
     teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
     data = teacher_config.data
 

@@ -72,7 +72,7 @@ class MCMConfig:
     disc_condition: str = "text"
     gp_weight: float = 1e-5
     student_grad_clip: float = 10.0
-    noise_alpha: float = 1.0  # the teacher's training noise (pyoco mixed)
+    noise_alpha: float = 1.0  # pyoco mixed; the distillation loop sets the teacher's training alpha
 
     def __post_init__(self):
         if self.motion not in MOTION_REPRESENTATIONS or self.target not in TARGETS:

@@ -199,6 +199,7 @@ class I2VPipeline:
         eta: float = 0.0,
         frame_stride: float = 3,
         noise_alpha: float = 1.0,
+        fresh_noise_alpha: Optional[float] = None,
         frameinit: Optional[FrameInitConfig] = FrameInitConfig(),
         camera_motion: Optional[str] = None,
         chunks: int = 1,
@@ -210,6 +211,8 @@ class I2VPipeline:
 
         num_frames (F) counts the conditioning frame. Chunk k > 0 is conditioned on the last latent
         of chunk k - 1 (no VAE round trip) and gets fresh noise; camera motion shapes chunk 0 only.
+        noise_alpha mixes the initial noise across frames (pyoco), fresh_noise_alpha the noise drawn
+        at each step (eta > 0 or the consistency sampler; default: noise_alpha).
         """
         cfg = self.unet.config
         height = height or self.default_size
@@ -219,6 +222,9 @@ class I2VPipeline:
             raise ValueError(f"need num_frames >= 2, chunks >= 1, num_videos >= 1; got {num_frames}, {chunks}, {num_videos}")
         if height % factor or width % factor:
             raise ValueError(f"height and width must be multiples of the codec's factor {factor}, got {height}x{width}")
+        fresh_noise_alpha = noise_alpha if fresh_noise_alpha is None else fresh_noise_alpha
+        if noise_alpha < 0 or fresh_noise_alpha < 0:
+            raise ValueError(f"noise alphas must be >= 0, got {noise_alpha} and {fresh_noise_alpha}")
         if camera_motion is not None and camera_motion not in CAMERA_MOTIONS:
             raise ValueError(f"camera_motion must be one of {CAMERA_MOTIONS} or None, got {camera_motion!r}")
         if camera_motion is not None and frameinit is None:
@@ -252,6 +258,7 @@ class I2VPipeline:
             image_scale=jnp.float32(image_guidance),
             eta=jnp.float32(eta),
             noise_alpha=jnp.float32(noise_alpha),
+            fresh_noise_alpha=jnp.float32(fresh_noise_alpha),
             use_frameinit=jnp.bool_(frameinit is not None),
             frameinit_mask=jnp.asarray(low_pass_filter(num_frames, *latent_shape[:2], frameinit_cfg)),
             frameinit_timestep=jnp.int32(frameinit_cfg.timestep(self.scheduler.num_train_timesteps)),

@@ -50,7 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--frameinit-dt", type=float, help="FrameInit temporal cutoff (default: config sampling.frameinit_dt, else 0.25)")
     p.add_argument("--frameinit-noise-level", type=int, help="per mille (default: config sampling.frameinit_noise_level, else 850)")
     p.add_argument("--noise-alpha", type=float,
-                   help="pyoco mixed-noise alpha of the initial and fresh noise (default: the training's, config objective.noise_alpha, else 1)")
+                   help="pyoco mixed-noise alpha of the initial noise (default: the training's, config objective.noise_alpha, else 1)")
+    p.add_argument("--fresh-noise-alpha", type=float,
+                   help="alpha of the noise drawn at each step, eta > 0 or LCM (default: config sampling.fresh_noise_alpha, else the noise alpha)")
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-model", action="store_true", help="score only the references")
     p.add_argument(
@@ -74,6 +76,8 @@ def sampling_settings(config, args) -> dict:
     settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     settings["noise_alpha"] = args.noise_alpha if args.noise_alpha is not None else noise_alpha_from_config(config)
+    fresh = args.fresh_noise_alpha if args.fresh_noise_alpha is not None else config.get("sampling", {}).get("fresh_noise_alpha")
+    settings["fresh_noise_alpha"] = settings["noise_alpha"] if fresh is None else fresh
     if settings["frameinit"] not in FILTER_TYPES + ("none",):
         raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
     return settings
@@ -102,6 +106,7 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
             image_guidance=settings["image_guidance"],
             eta=settings["eta"],
             noise_alpha=settings["noise_alpha"],
+            fresh_noise_alpha=settings["fresh_noise_alpha"],
             frame_stride=1,
             frameinit=frameinit,
             show_progress=False,

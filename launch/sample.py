@@ -70,6 +70,7 @@ def parse_args(argv=None):
     s.add_argument("--eta", type=float, default=0.0)
     s.add_argument("--frame-stride", type=float, default=3)
     s.add_argument("--noise-alpha", type=float, default=1.0, help="pyoco mixed-noise alpha (0: independent frames)")
+    s.add_argument("--fresh-noise-alpha", type=float, help="alpha of the noise drawn at each step (eta > 0, LCM; default: --noise-alpha)")
     s.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), default="gaussian")
     s.add_argument("--frameinit-ds", type=float, default=0.25)
     s.add_argument("--frameinit-dt", type=float, default=0.25)
@@ -143,6 +144,7 @@ def run(args) -> dict:
         eta=args.eta,
         frame_stride=args.frame_stride,
         noise_alpha=args.noise_alpha,
+        fresh_noise_alpha=args.fresh_noise_alpha,
         frameinit=frameinit,
         camera_motion=args.camera_motion,
         chunks=args.chunks,

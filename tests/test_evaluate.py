@@ -52,6 +52,12 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
     assert evaluate.sampling_settings(config, args)["noise_alpha"] == 0.0
     settings = evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))
     assert settings["noise_alpha"] == 0.5
+    # tiny samples eta's noise independently per frame (its README measurement); else the noise alpha.
+    assert settings["fresh_noise_alpha"] == config.sampling.fresh_noise_alpha == 0.0
+    del config.sampling["fresh_noise_alpha"]
+    assert evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))["fresh_noise_alpha"] == 0.5
+    settings = evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5", "--fresh-noise-alpha", "2"]))
+    assert settings["fresh_noise_alpha"] == 2.0
 
     calls = []
 
@@ -61,4 +67,4 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
             return np.zeros((len(images), 2, 4, 4, 3), np.float32)
 
     evaluate.pipeline_generator(RecordingPipeline(), 2, 4, settings)(np.zeros((1, 4, 4, 3), np.uint8), ["a caption"], 0)
-    assert calls[0]["noise_alpha"] == 0.5
+    assert calls[0]["noise_alpha"] == 0.5 and calls[0]["fresh_noise_alpha"] == 2.0

@@ -108,6 +108,7 @@ def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():
         image_scale=jnp.float32(1.0),
         eta=jnp.float32(0.0),
         noise_alpha=jnp.float32(1.0),
+        fresh_noise_alpha=jnp.float32(1.0),
         use_frameinit=jnp.bool_(True),
         frameinit_mask=jnp.asarray(mask),
         frameinit_timestep=jnp.int32(850),
@@ -123,6 +124,40 @@ def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():
         zero_model, first, static, text, text, jnp.ones((b,)), rng, options.replace(use_frameinit=jnp.bool_(False)), SCHEDULER, "text"
     )
     np.testing.assert_allclose(without, np.asarray(noise)[:, 1:] / np.sqrt(alpha), rtol=1e-4, atol=1e-4)
+
+
+def test_eta_noise_is_mixed_across_frames_with_the_fresh_noise_alpha():
+    """With correlated training noise the posterior's noise has the same frame covariance, so eta's
+    fresh noise is pyoco-mixed like the initial noise (fresh_noise_alpha); at eta 1 it makes most
+    of the output of a zero model."""
+    b, f, h, w, c = 2, 6, 8, 8, 3
+    first = jnp.zeros((b, 1, h, w, c))
+    static = jnp.broadcast_to(first, (b, f, h, w, c))
+    text = jnp.ones((b, 4, 6))
+    zero_model = lambda sample, *args: jnp.zeros_like(sample)  # noqa: E731
+
+    def frame_correlation(noise_alpha, fresh_noise_alpha):
+        options = SamplingOptions(
+            timesteps=jnp.asarray(padded_timesteps(10)),
+            num_steps=jnp.int32(10),
+            text_scale=jnp.float32(1.0),
+            image_scale=jnp.float32(1.0),
+            eta=jnp.float32(1.0),
+            noise_alpha=jnp.float32(noise_alpha),
+            fresh_noise_alpha=jnp.float32(fresh_noise_alpha),
+            use_frameinit=jnp.bool_(False),
+            frameinit_mask=jnp.asarray(low_pass_filter(f, h, w, FrameInitConfig())),
+            frameinit_timestep=jnp.int32(850),
+        )
+        out = np.asarray(sample_chunk(zero_model, first, static, text, text, jnp.ones((b,)), jax.random.key(3), options, SCHEDULER, "none"))
+        frames = np.moveaxis(out, 1, 0).reshape(f - 1, -1)
+        return np.corrcoef(frames)[~np.eye(f - 1, dtype=bool)].mean()
+
+    assert abs(frame_correlation(0.0, 0.0)) < 0.1
+    assert 0.4 < frame_correlation(1.0, 1.0) < 0.6  # a^2 / (1 + a^2)
+    assert frame_correlation(10.0, 10.0) > 0.98
+    # Independent fresh noise decorrelates the frames, though the initial noise still shows.
+    assert frame_correlation(10.0, 0.0) < 0.8
 
 
 def test_hashed_word_encoder_is_deterministic_and_word_sensitive():

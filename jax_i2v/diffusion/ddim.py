@@ -133,21 +133,27 @@ def ddim_sample(
     config: DDIMConfig,
     eta=0.0,
     report_progress: bool = False,
+    noise_fn: Callable[[jax.Array, tuple[int, ...]], jax.Array] | None = None,
 ) -> jax.Array:
     """Runs DDIM from `initial` (x_T, float32) and returns x_0.
 
     denoise_fn(x, t) -> model output for x at integer timestep t (a scalar).
     timesteps: `padded_timesteps(num_steps, config)`; it, `num_steps` and `eta` may be traced: the
-    loop is a `fori_loop`, so the caller's `jit` compiles the model once for all step counts. Step i draws its eta-noise from `fold_in(rng, i)`.
+    loop is a `fori_loop`, so the caller's `jit` compiles the model once for all step counts.
+    Step i's eta-noise is `noise_fn(fold_in(rng, i), shape)`, independent normals by default; pass
+    the training noise (e.g. pyoco mixed): the posterior's noise has the forward noise's covariance.
     `report_progress` sends (i, num_steps) to `jax_i2v.diffusion.progress` listeners after each step.
     """
 
     timesteps = jnp.asarray(timesteps, jnp.int32)
+    if noise_fn is None:
+        def noise_fn(key, shape):
+            return jax.random.normal(key, shape, jnp.float32)
 
     def body(i, x):
         t = timesteps[i]
         model_output = denoise_fn(x, t)
-        noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, jnp.float32)
+        noise = noise_fn(jax.random.fold_in(rng, i), x.shape)
         x, _ = ddim_step(schedule, config, model_output, t, previous_timestep(t, num_steps, config), x, eta, noise)
         if report_progress:
             jax.debug.callback(progress.report_step, i, num_steps)

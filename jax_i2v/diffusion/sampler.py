@@ -25,7 +25,10 @@ class SamplingOptions:
     """Per-call numbers, all traced: changing them does not recompile.
 
     timesteps: `padded_timesteps(num_steps, scheduler)` (DDIM) or `scheduler.padded_timesteps(num_steps)` (LCM); frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
-    use_frameinit: bool scalar.
+    use_frameinit: bool scalar. noise_alpha: pyoco alpha of the initial noise; fresh_noise_alpha:
+    of the noise drawn at each step (DDIM's eta noise, the consistency sampler's re-noising). Both
+    are the training's alpha for samples from the trained distribution: the posterior's noise has
+    the forward noise's covariance.
     """
 
     timesteps: jax.Array
@@ -34,6 +37,7 @@ class SamplingOptions:
     image_scale: jax.Array
     eta: jax.Array
     noise_alpha: jax.Array
+    fresh_noise_alpha: jax.Array
     use_frameinit: jax.Array
     frameinit_mask: jax.Array
     frameinit_timestep: jax.Array
@@ -76,9 +80,9 @@ def sample_chunk(
     def denoise(x, t):
         return guided_prediction(apply_fn, x, t, cond, guidance, options.text_scale, options.image_scale)
 
-    if isinstance(scheduler, LCMConfig):
-        def fresh_noise(key, shape):
-            return pyoco_mixed_noise(key, shape, options.noise_alpha)
+    def fresh_noise(key, shape):
+        return pyoco_mixed_noise(key, shape, options.fresh_noise_alpha)
 
+    if isinstance(scheduler, LCMConfig):
         return lcm_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, scheduler, fresh_noise, report_progress)
-    return ddim_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress)
+    return ddim_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress, fresh_noise)

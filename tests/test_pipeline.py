@@ -93,6 +93,21 @@ def test_from_config_samples_with_the_trained_schedule_prediction_type_and_codec
     assert pipe.vae.downsample_factor == config.codec.factor and pipe.default_size == config.data.resolution
 
 
+def _options(num_steps, frames, size, text_scale=1.0, eta=0.0, noise_alpha=1.0, fresh_noise_alpha=1.0, use_frameinit=False):
+    return SamplingOptions(
+        timesteps=jnp.asarray(padded_timesteps(num_steps)),
+        num_steps=jnp.int32(num_steps),
+        text_scale=jnp.float32(text_scale),
+        image_scale=jnp.float32(1.0),
+        eta=jnp.float32(eta),
+        noise_alpha=jnp.float32(noise_alpha),
+        fresh_noise_alpha=jnp.float32(fresh_noise_alpha),
+        use_frameinit=jnp.bool_(use_frameinit),
+        frameinit_mask=jnp.asarray(low_pass_filter(frames, size, size, FrameInitConfig())),
+        frameinit_timestep=jnp.int32(850),
+    )
+
+
 def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():
     """eps = 0: the output is the FrameInit latents' frames 2..F divided by sqrt(alpha_bar_981)."""
     b, f, h, w, c = 2, 6, 8, 8, 3
@@ -101,18 +116,7 @@ def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():
     static = jnp.broadcast_to(first, (b, f, h, w, c))
     text = jnp.ones((b, 4, 6))
     mask = low_pass_filter(f, h, w, FrameInitConfig())
-    options = SamplingOptions(
-        timesteps=jnp.asarray(padded_timesteps(50)),
-        num_steps=jnp.int32(50),
-        text_scale=jnp.float32(7.5),
-        image_scale=jnp.float32(1.0),
-        eta=jnp.float32(0.0),
-        noise_alpha=jnp.float32(1.0),
-        fresh_noise_alpha=jnp.float32(1.0),
-        use_frameinit=jnp.bool_(True),
-        frameinit_mask=jnp.asarray(mask),
-        frameinit_timestep=jnp.int32(850),
-    )
+    options = _options(50, frames=f, size=h, text_scale=7.5, use_frameinit=True)
     zero_model = lambda sample, *args: jnp.zeros_like(sample)  # noqa: E731
     out = sample_chunk(zero_model, first, static, text, text, jnp.ones((b,)), rng, options, SCHEDULER, "text")
     # sample_chunk draws its initial noise as pyoco_mixed_noise(split(rng)[0], ...).
@@ -137,18 +141,7 @@ def test_eta_noise_is_mixed_across_frames_with_the_fresh_noise_alpha():
     zero_model = lambda sample, *args: jnp.zeros_like(sample)  # noqa: E731
 
     def frame_correlation(noise_alpha, fresh_noise_alpha):
-        options = SamplingOptions(
-            timesteps=jnp.asarray(padded_timesteps(10)),
-            num_steps=jnp.int32(10),
-            text_scale=jnp.float32(1.0),
-            image_scale=jnp.float32(1.0),
-            eta=jnp.float32(1.0),
-            noise_alpha=jnp.float32(noise_alpha),
-            fresh_noise_alpha=jnp.float32(fresh_noise_alpha),
-            use_frameinit=jnp.bool_(False),
-            frameinit_mask=jnp.asarray(low_pass_filter(f, h, w, FrameInitConfig())),
-            frameinit_timestep=jnp.int32(850),
-        )
+        options = _options(10, frames=f, size=h, eta=1.0, noise_alpha=noise_alpha, fresh_noise_alpha=fresh_noise_alpha)
         out = np.asarray(sample_chunk(zero_model, first, static, text, text, jnp.ones((b,)), jax.random.key(3), options, SCHEDULER, "none"))
         frames = np.moveaxis(out, 1, 0).reshape(f - 1, -1)
         return np.corrcoef(frames)[~np.eye(f - 1, dtype=bool)].mean()

@@ -76,10 +76,16 @@ def sampling_settings(config, args) -> dict:
     settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     settings["noise_alpha"] = args.noise_alpha if args.noise_alpha is not None else noise_alpha_from_config(config)
-    fresh = args.fresh_noise_alpha if args.fresh_noise_alpha is not None else config.get("sampling", {}).get("fresh_noise_alpha")
-    settings["fresh_noise_alpha"] = settings["noise_alpha"] if fresh is None else fresh
+    if settings["fresh_noise_alpha"] is None:
+        settings["fresh_noise_alpha"] = settings["noise_alpha"]
     if settings["frameinit"] not in FILTER_TYPES + ("none",):
         raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
+    # Guidance extrapolates from the prediction without a condition, which a model trained without
+    # dropping that condition never learnt.
+    objective = config.get("objective", {})
+    for scale, dropout in (("text_guidance", "text_dropout"), ("image_guidance", "first_frame_dropout")):
+        if settings[scale] > 1.0 and objective.get(dropout) == 0.0:
+            raise ValueError(f"{scale} {settings[scale]} needs a model trained with objective.{dropout} > 0; this one had 0")
     return settings
 
 

@@ -66,5 +66,11 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
             calls.append(kwargs)
             return np.zeros((len(images), 2, 4, 4, 3), np.float32)
 
+    with pytest.raises(ValueError, match="first_frame_dropout"):
+        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--image-guidance", "1.5"]))
+    config.objective.text_dropout = 0.0
+    with pytest.raises(ValueError, match="text_dropout"):
+        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused"]))
+
     evaluate.pipeline_generator(RecordingPipeline(), 2, 4, settings)(np.zeros((1, 4, 4, 3), np.uint8), ["a caption"], 0)
     assert calls[0]["noise_alpha"] == 0.5 and calls[0]["fresh_noise_alpha"] == 2.0

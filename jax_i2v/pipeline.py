@@ -333,6 +333,15 @@ def noise_alpha_from_config(config) -> float:
     return float(config.get("objective", {}).get("noise_alpha", 1.0))
 
 
+def check_guidance_was_trained(config, text_guidance: float, image_guidance: float) -> None:
+    """Raises if a guidance scale > 1 needs a prediction the run's training never dropped its
+    condition for: guidance extrapolates from the caption-free or image-free prediction."""
+    objective = config.get("objective", {})
+    for name, scale, dropout in (("text_guidance", text_guidance, "text_dropout"), ("image_guidance", image_guidance, "first_frame_dropout")):
+        if scale > 1.0 and objective.get(dropout) == 0.0:
+            raise ValueError(f"{name} {scale} needs a model trained with objective.{dropout} > 0; this one had 0")
+
+
 def save_videos(frames: np.ndarray, prefix: str, formats: Sequence[str] = media.VIDEO_FORMATS, fps: float = 8.0) -> list[str]:
     """Writes each video of a (B, T, H, W, 3) batch as `{prefix}_{i}.{fmt}` (or `{prefix}.{fmt}` for B = 1)."""
     paths = []

@@ -28,7 +28,7 @@ from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
-from jax_i2v.pipeline import I2VPipeline, noise_alpha_from_config
+from jax_i2v.pipeline import I2VPipeline, check_guidance_was_trained, noise_alpha_from_config
 
 BENCHES = ("synthetic",)
 GIF_ROWS = 8
@@ -80,12 +80,7 @@ def sampling_settings(config, args) -> dict:
         settings["fresh_noise_alpha"] = settings["noise_alpha"]
     if settings["frameinit"] not in FILTER_TYPES + ("none",):
         raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
-    # Guidance extrapolates from the prediction without a condition, which a model trained without
-    # dropping that condition never learnt.
-    objective = config.get("objective", {})
-    for scale, dropout in (("text_guidance", "text_dropout"), ("image_guidance", "first_frame_dropout")):
-        if settings[scale] > 1.0 and objective.get(dropout) == 0.0:
-            raise ValueError(f"{scale} {settings[scale]} needs a model trained with objective.{dropout} > 0; this one had 0")
+    check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
     return settings
 
 

@@ -24,6 +24,8 @@ import json
 import sys
 import time
 
+import ml_collections
+
 from jax_i2v import media
 from jax_i2v.config_utils import load_config, unet_config
 from jax_i2v.convert import load_unet
@@ -33,7 +35,7 @@ from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
-from jax_i2v.pipeline import I2VPipeline, save_videos, scheduler_from_config
+from jax_i2v.pipeline import I2VPipeline, check_guidance_was_trained, save_videos, scheduler_from_config
 from jax_i2v.text import HashedWordEncoder
 
 
@@ -91,13 +93,14 @@ def parse_args(argv=None):
     return args
 
 
-def build_pipeline(args) -> tuple[I2VPipeline, dict]:
+def build_pipeline(args) -> tuple[I2VPipeline, dict, ml_collections.ConfigDict | None]:
+    """The pipeline, its data defaults, and the config of the run that trained it (checkpoints only)."""
     if args.pretrained:
         pipe = I2VPipeline.from_pretrained(args.pretrained)
-        return pipe, {"frames": pipe.unet.config.n_frames}
+        return pipe, {"frames": pipe.unet.config.n_frames}, None
     if args.checkpoint:
         pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-        return pipe, dict(config.data)
+        return pipe, dict(config.data), config
     config = load_config(args.config) if args.config else None
     defaults = dict(config.get("data", {})) if config is not None else {}
     if args.unet:
@@ -108,12 +111,12 @@ def build_pipeline(args) -> tuple[I2VPipeline, dict]:
     text_len = args.text_len or defaults.get("text_len", 77)
     encoder = HashedWordEncoder(text_len, unet.config.cross_attention_dim)
     if config is None:
-        return I2VPipeline(unet, params, text_encoder=encoder), defaults
-    return I2VPipeline(unet, params, text_encoder=encoder, vae=latent_codec(config), scheduler=scheduler_from_config(config)), defaults
+        return I2VPipeline(unet, params, text_encoder=encoder), defaults, None
+    return I2VPipeline(unet, params, text_encoder=encoder, vae=latent_codec(config), scheduler=scheduler_from_config(config)), defaults, None
 
 
 def run(args) -> dict:
-    pipe, defaults = build_pipeline(args)
+    pipe, defaults, trained_config = build_pipeline(args)
     if args.sampler == "lcm" and not isinstance(pipe.scheduler, LCMConfig):
         pipe = dataclasses.replace(pipe, scheduler=LCMConfig.with_schedule_of(pipe.scheduler, timestep_scaling=args.lcm_timestep_scaling))
     elif args.sampler == "ddim" and isinstance(pipe.scheduler, LCMConfig):
@@ -121,6 +124,8 @@ def run(args) -> dict:
     consistency = isinstance(pipe.scheduler, LCMConfig)
     steps = args.steps or (4 if consistency else 50)
     text_guidance = args.text_guidance if args.text_guidance is not None else (1.0 if consistency else 7.5)
+    if trained_config is not None:
+        check_guidance_was_trained(trained_config, text_guidance, args.image_guidance)
     frames = args.frames or defaults.get("frames", 16)
     height = args.height or defaults.get("resolution") or pipe.default_size
     width = args.width or defaults.get("resolution") or pipe.default_size

@@ -56,3 +56,10 @@ def test_bad_arguments_fail_before_sampling(first_image, tmp_path):
         sample.parse_args(["--random-params", "--image", first_image, "--out", "x"])
     with pytest.raises(ValueError, match="even"):
         sample.run(sample.parse_args(base + ["--height", "15", "--width", "16"]))
+
+
+def test_guidance_the_checkpoint_was_not_trained_for_is_refused(micro_run, first_image, tmp_path):
+    # configs/micro.py, like tiny, trains without first-frame dropout: no image-free prediction.
+    args = sample.parse_args(["--checkpoint", str(micro_run), "--image", first_image, "--out", str(tmp_path / "x"), "--image-guidance", "1.5"])
+    with pytest.raises(ValueError, match="first_frame_dropout"):
+        sample.run(args)

@@ -25,7 +25,7 @@ from jax_i2v.convert import load_text_encoder, load_unet, load_vae, parse_config
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
-from jax_i2v.diffusion.frameinit import FrameInitConfig, low_pass_filter
+from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig, low_pass_filter
 from jax_i2v.diffusion.guidance import guidance_mode
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
@@ -331,6 +331,68 @@ def scheduler_from_config(config) -> DDIMConfig | LCMConfig:
 def noise_alpha_from_config(config) -> float:
     """The pyoco alpha an experiment config trains with: its samplers mix noise across frames alike."""
     return float(config.get("objective", {}).get("noise_alpha", 1.0))
+
+
+def frame_stride_from_config(config) -> float:
+    """The middle of the frame strides a config trains on (`data.stride_range`)."""
+    low, high = config.data.stride_range
+    return (low + high) / 2
+
+
+# What a run samples with where its config's `sampling` section is silent: the release's inference
+# settings, with fewer steps. Each key is a flag of launch/evaluate.py and launch/sample.py; None
+# noise alphas mean the training's (`noise_alpha`) and the initial noise's (`fresh_noise_alpha`).
+SAMPLING_DEFAULTS = {
+    "steps": 25,
+    "text_guidance": 7.5,
+    "image_guidance": 1.0,
+    "eta": 0.0,
+    "noise_alpha": None,
+    "fresh_noise_alpha": None,
+    "frameinit": "gaussian",
+    "frameinit_ds": 0.25,
+    "frameinit_dt": 0.25,
+    "frameinit_order": 4,
+    "frameinit_noise_level": 850,
+}
+
+
+def sampling_settings(config, overrides: Optional[dict] = None, defaults: dict = SAMPLING_DEFAULTS) -> dict:
+    """The settings a run samples with: `overrides` that are not None (command-line flags) over the
+    config's `sampling` section (if a config is given) over `defaults`."""
+    settings = dict(defaults)
+    if config is not None:
+        settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
+    settings.update({k: v for k, v in (overrides or {}).items() if k in settings and v is not None})
+    if settings["noise_alpha"] is None:
+        settings["noise_alpha"] = noise_alpha_from_config(config) if config is not None else 1.0
+    if settings["fresh_noise_alpha"] is None:
+        settings["fresh_noise_alpha"] = settings["noise_alpha"]
+    if settings["frameinit"] not in FILTER_TYPES + ("none",):
+        raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
+    return settings
+
+
+def sampling_kwargs(settings: dict) -> dict:
+    """`I2VPipeline` keyword arguments for `sampling_settings`."""
+    frameinit = None
+    if settings["frameinit"] != "none":
+        frameinit = FrameInitConfig(
+            settings["frameinit"],
+            d_s=settings["frameinit_ds"],
+            d_t=settings["frameinit_dt"],
+            order=settings["frameinit_order"],
+            noise_level=settings["frameinit_noise_level"],
+        )
+    return dict(
+        num_steps=settings["steps"],
+        text_guidance=settings["text_guidance"],
+        image_guidance=settings["image_guidance"],
+        eta=settings["eta"],
+        noise_alpha=settings["noise_alpha"],
+        fresh_noise_alpha=settings["fresh_noise_alpha"],
+        frameinit=frameinit,
+    )
 
 
 def check_guidance_was_trained(config, text_guidance: float, image_guidance: float) -> None:

@@ -24,11 +24,12 @@ import numpy as np
 
 from jax_i2v import media
 from jax_i2v.cli import exit_on_user_error
-from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
+from jax_i2v.diffusion.frameinit import FILTER_TYPES
 from jax_i2v.diffusion.lcm import LCMConfig
-from jax_i2v.eval.synthetic_benchmark import SAMPLING_DEFAULTS, codec_round_trip, load_run_and_clips, run_benchmark
+from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
-from jax_i2v.pipeline import I2VPipeline, check_guidance_was_trained, noise_alpha_from_config
+from jax_i2v.pipeline import SAMPLING_DEFAULTS, I2VPipeline, check_guidance_was_trained, sampling_kwargs
+from jax_i2v.pipeline import sampling_settings as pipeline_sampling_settings
 
 BENCHES = ("synthetic",)
 GIF_ROWS = 8
@@ -48,6 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: config sampling.frameinit, else gaussian")
     p.add_argument("--frameinit-ds", type=float, help="FrameInit spatial cutoff (default: config sampling.frameinit_ds, else 0.25)")
     p.add_argument("--frameinit-dt", type=float, help="FrameInit temporal cutoff (default: config sampling.frameinit_dt, else 0.25)")
+    p.add_argument("--frameinit-order", type=int, help="Butterworth order (default: config sampling.frameinit_order, else 4)")
     p.add_argument("--frameinit-noise-level", type=int, help="per mille (default: config sampling.frameinit_noise_level, else 850)")
     p.add_argument("--noise-alpha", type=float,
                    help="pyoco mixed-noise alpha of the initial noise (default: the training's, config objective.noise_alpha, else 1)")
@@ -71,29 +73,13 @@ def parse_args(argv=None):
 
 
 def sampling_settings(config, args) -> dict:
-    """Flags override the config's `sampling` section, which overrides the defaults."""
-    settings = dict(SAMPLING_DEFAULTS)
-    settings.update({k: v for k, v in config.get("sampling", {}).items() if k in settings})
-    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
-    settings["noise_alpha"] = args.noise_alpha if args.noise_alpha is not None else noise_alpha_from_config(config)
-    if settings["fresh_noise_alpha"] is None:
-        settings["fresh_noise_alpha"] = settings["noise_alpha"]
-    if settings["frameinit"] not in FILTER_TYPES + ("none",):
-        raise ValueError(f"sampling.frameinit must be one of {FILTER_TYPES + ('none',)}, got {settings['frameinit']!r}")
+    """Flags over the config's `sampling` section over the defaults; guidance the run was trained for."""
+    settings = pipeline_sampling_settings(config, {k: getattr(args, k) for k in SAMPLING_DEFAULTS})
     check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
     return settings
 
 
 def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: dict):
-    frameinit = None
-    if settings["frameinit"] != "none":
-        frameinit = FrameInitConfig(
-            settings["frameinit"],
-            d_s=settings["frameinit_ds"],
-            d_t=settings["frameinit_dt"],
-            noise_level=settings["frameinit_noise_level"],
-        )
-
     def generate(first_frames: np.ndarray, captions: list[str], seed: int) -> np.ndarray:
         videos = pipe.sample_each(
             first_frames,
@@ -102,15 +88,9 @@ def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, settings: 
             num_frames=num_frames,
             height=size,
             width=size,
-            num_steps=settings["steps"],
-            text_guidance=settings["text_guidance"],
-            image_guidance=settings["image_guidance"],
-            eta=settings["eta"],
-            noise_alpha=settings["noise_alpha"],
-            fresh_noise_alpha=settings["fresh_noise_alpha"],
             frame_stride=1,
-            frameinit=frameinit,
             show_progress=False,
+            **sampling_kwargs(settings),
         )
         return media.to_uint8(videos)
 

@@ -12,8 +12,10 @@ layout, with its VAE, CLIP text encoder and scheduler settings), a training run 
 WORKDIR`, or one `WORKDIR/checkpoints/STEP`, or a `export_params` folder; the model and caption
 encoder are rebuilt from the config saved with it, EMA params preferred), a diffusers-layout UNet
 folder alone (`--unet path/to/unet`; captions then go through the parameter-free hashed word
-encoder), or, for smoke runs, are random (`--random-params`). A progress bar counts denoising
-steps; the files written are printed as JSON on the last line.
+encoder), or, for smoke runs, are random (`--random-params`). Sampling settings not given as flags
+come from the config's `sampling` section (a run's, or `--config`'s), as launch/evaluate.py takes
+them, else the release's. A progress bar counts denoising steps; the files written are printed as
+JSON on the last line.
 """
 
 from __future__ import annotations
@@ -31,11 +33,21 @@ from jax_i2v.config_utils import load_config, unet_config
 from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.ddim import DDIMConfig
-from jax_i2v.diffusion.frameinit import FILTER_TYPES, FrameInitConfig
+from jax_i2v.diffusion.frameinit import FILTER_TYPES
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
-from jax_i2v.pipeline import I2VPipeline, check_guidance_was_trained, save_videos, scheduler_from_config
+from jax_i2v.pipeline import (
+    SAMPLING_DEFAULTS,
+    I2VPipeline,
+    check_guidance_was_trained,
+    frame_stride_from_config,
+    noise_alpha_from_config,
+    sampling_kwargs,
+    sampling_settings,
+    save_videos,
+    scheduler_from_config,
+)
 from jax_i2v.text import HashedWordEncoder
 
 
@@ -66,18 +78,20 @@ def parse_args(argv=None):
     s.add_argument("--sampler", choices=("ddim", "lcm"), help="lcm: the multistep consistency sampler of distilled "
                    "students (default: the model's, DDIM unless its scheduler config is an LCMScheduler's)")
     s.add_argument("--lcm-timestep-scaling", type=float, default=4.0, help="with --sampler lcm (MCM trains with 4)")
+    # Unset sampling flags take the config's `sampling` section (a run's: how it was benchmarked),
+    # else the defaults shown.
     s.add_argument("--steps", type=int, help="default: 50 with DDIM, 4 with LCM")
     s.add_argument("--text-guidance", type=float, help="default: 7.5 with DDIM, 1 (none) with LCM")
-    s.add_argument("--image-guidance", type=float, default=1.0, help="> 1 switches to 3-way text+image guidance")
-    s.add_argument("--eta", type=float, default=0.0)
-    s.add_argument("--frame-stride", type=float, default=3)
-    s.add_argument("--noise-alpha", type=float, default=1.0, help="pyoco mixed-noise alpha (0: independent frames)")
+    s.add_argument("--image-guidance", type=float, help="> 1 switches to 3-way text+image guidance (default: 1)")
+    s.add_argument("--eta", type=float, help="default: 0")
+    s.add_argument("--frame-stride", type=float, help="default: the middle of the config's data.stride_range, else 3")
+    s.add_argument("--noise-alpha", type=float, help="pyoco mixed-noise alpha, 0: independent frames (default: the training's, else 1)")
     s.add_argument("--fresh-noise-alpha", type=float, help="alpha of the noise drawn at each step (eta > 0, LCM; default: --noise-alpha)")
-    s.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), default="gaussian")
-    s.add_argument("--frameinit-ds", type=float, default=0.25)
-    s.add_argument("--frameinit-dt", type=float, default=0.25)
-    s.add_argument("--frameinit-order", type=int, default=4, help="Butterworth order")
-    s.add_argument("--frameinit-noise-level", type=int, default=850)
+    s.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: gaussian")
+    s.add_argument("--frameinit-ds", type=float, help="default: 0.25")
+    s.add_argument("--frameinit-dt", type=float, help="default: 0.25")
+    s.add_argument("--frameinit-order", type=int, help="Butterworth order (default: 4)")
+    s.add_argument("--frameinit-noise-level", type=int, help="per mille (default: 850)")
     s.add_argument("--camera-motion", choices=CAMERA_MOTIONS)
     s.add_argument("--chunks", type=int, default=1, help="autoregressive chunks; each adds frames - 1 frames")
     s.add_argument("--num-videos", type=int, default=1)
@@ -93,48 +107,58 @@ def parse_args(argv=None):
     return args
 
 
-def build_pipeline(args) -> tuple[I2VPipeline, dict, ml_collections.ConfigDict | None]:
-    """The pipeline, its data defaults, and the config of the run that trained it (checkpoints only)."""
+def build_pipeline(args) -> tuple[I2VPipeline, ml_collections.ConfigDict | None, bool]:
+    """The pipeline, the config that gives its defaults (if any), and whether that config is the
+    one the weights were trained with (run checkpoints)."""
     if args.pretrained:
-        pipe = I2VPipeline.from_pretrained(args.pretrained)
-        return pipe, {"frames": pipe.unet.config.n_frames}, None
+        return I2VPipeline.from_pretrained(args.pretrained), None, False
     if args.checkpoint:
         pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
-        return pipe, dict(config.data), config
+        return pipe, config, True
     config = load_config(args.config) if args.config else None
-    defaults = dict(config.get("data", {})) if config is not None else {}
     if args.unet:
         unet, params = load_unet(args.unet)
     else:
         unet = build_unet(unet_config(config))
         params = random_params(unet, args.seed)
-    text_len = args.text_len or defaults.get("text_len", 77)
+    text_len = args.text_len or (config.get("data", {}).get("text_len", 77) if config is not None else 77)
     encoder = HashedWordEncoder(text_len, unet.config.cross_attention_dim)
     if config is None:
-        return I2VPipeline(unet, params, text_encoder=encoder), defaults, None
-    return I2VPipeline(unet, params, text_encoder=encoder, vae=latent_codec(config), scheduler=scheduler_from_config(config)), defaults, None
+        return I2VPipeline(unet, params, text_encoder=encoder), None, False
+    return I2VPipeline(unet, params, text_encoder=encoder, vae=latent_codec(config), scheduler=scheduler_from_config(config)), config, False
+
+
+def resolve_sampling(args, pipe: I2VPipeline, config, trained: bool) -> dict:
+    """Flags over the config's `sampling` section over the sampler's defaults. A config written
+    for the other sampler (`--sampler` switched) gives only its noise alpha."""
+    consistency = isinstance(pipe.scheduler, LCMConfig)
+    defaults = dict(SAMPLING_DEFAULTS, steps=4 if consistency else 50, text_guidance=1.0 if consistency else 7.5)
+    flags = {key: getattr(args, key) for key in SAMPLING_DEFAULTS}
+    sampling_config = config
+    if config is not None and (config.get("sampling", {}).get("sampler", "ddim") == "lcm") != consistency:
+        flags["noise_alpha"] = flags["noise_alpha"] if flags["noise_alpha"] is not None else noise_alpha_from_config(config)
+        sampling_config = None
+    settings = sampling_settings(sampling_config, flags, defaults)
+    if trained:
+        check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
+    return settings
 
 
 def run(args) -> dict:
-    pipe, defaults, trained_config = build_pipeline(args)
+    pipe, config, trained = build_pipeline(args)
     if args.sampler == "lcm" and not isinstance(pipe.scheduler, LCMConfig):
         pipe = dataclasses.replace(pipe, scheduler=LCMConfig.with_schedule_of(pipe.scheduler, timestep_scaling=args.lcm_timestep_scaling))
     elif args.sampler == "ddim" and isinstance(pipe.scheduler, LCMConfig):
         pipe = dataclasses.replace(pipe, scheduler=DDIMConfig(**pipe.scheduler.schedule_settings()))
-    consistency = isinstance(pipe.scheduler, LCMConfig)
-    steps = args.steps or (4 if consistency else 50)
-    text_guidance = args.text_guidance if args.text_guidance is not None else (1.0 if consistency else 7.5)
-    if trained_config is not None:
-        check_guidance_was_trained(trained_config, text_guidance, args.image_guidance)
-    frames = args.frames or defaults.get("frames", 16)
-    height = args.height or defaults.get("resolution") or pipe.default_size
-    width = args.width or defaults.get("resolution") or pipe.default_size
+    settings = resolve_sampling(args, pipe, config, trained)
+    data = config.get("data", {}) if config is not None else {}
+    frames = args.frames or data.get("frames") or pipe.unet.config.n_frames or 16
+    height = args.height or data.get("resolution") or pipe.default_size
+    width = args.width or data.get("resolution") or pipe.default_size
+    frame_stride = args.frame_stride or (frame_stride_from_config(config) if "stride_range" in data else 3)
     media.check_video_size(height, width, args.formats)
-    frameinit = None
-    if args.frameinit != "none":
-        frameinit = FrameInitConfig(
-            args.frameinit, args.frameinit_ds, args.frameinit_dt, args.frameinit_order, args.frameinit_noise_level
-        )
+    if args.camera_motion and settings["frameinit"] == "none":
+        raise ValueError("--camera-motion works through FrameInit, which this config's sampling switches off; pass --frameinit")
     start = time.perf_counter()
     video = pipe(
         args.image,
@@ -143,19 +167,13 @@ def run(args) -> dict:
         num_frames=frames,
         height=height,
         width=width,
-        num_steps=steps,
-        text_guidance=text_guidance,
-        image_guidance=args.image_guidance,
-        eta=args.eta,
-        frame_stride=args.frame_stride,
-        noise_alpha=args.noise_alpha,
-        fresh_noise_alpha=args.fresh_noise_alpha,
-        frameinit=frameinit,
+        frame_stride=frame_stride,
         camera_motion=args.camera_motion,
         chunks=args.chunks,
         num_videos=args.num_videos,
         seed=args.seed,
         show_progress=not args.no_progress,
+        **sampling_kwargs(settings),
     )
     seconds = time.perf_counter() - start
     paths = save_videos(video, args.out, args.formats, args.fps)

@@ -27,7 +27,8 @@ from typing import Sequence
 
 from jax_i2v.config_utils import load_config
 from jax_i2v.eval.consistency import METRICS
-from jax_i2v.eval.synthetic_benchmark import REFERENCES, SAMPLING_DEFAULTS
+from jax_i2v.eval.synthetic_benchmark import REFERENCES
+from jax_i2v.pipeline import SAMPLING_DEFAULTS
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
 # A config's `sampling` keys and the launch/evaluate.py flags that set them.

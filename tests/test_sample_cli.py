@@ -63,3 +63,33 @@ def test_guidance_the_checkpoint_was_not_trained_for_is_refused(micro_run, first
     args = sample.parse_args(["--checkpoint", str(micro_run), "--image", first_image, "--out", str(tmp_path / "x"), "--image-guidance", "1.5"])
     with pytest.raises(ValueError, match="first_frame_dropout"):
         sample.run(args)
+
+
+def test_sampling_defaults_come_from_the_config_the_model_was_benchmarked_with(first_image, tmp_path):
+    from types import SimpleNamespace
+
+    from jax_i2v.config_utils import load_config
+    from jax_i2v.diffusion.ddim import DDIMConfig
+    from jax_i2v.diffusion.lcm import LCMConfig
+    from jax_i2v.train.previews import PreviewWriter
+
+    config = load_config("configs/tiny.py")
+    ddim, lcm = SimpleNamespace(scheduler=DDIMConfig()), SimpleNamespace(scheduler=LCMConfig())
+    base = ["--config", "configs/tiny.py", "--random-params", "--image", first_image, "--out", str(tmp_path / "x")]
+    settings = sample.resolve_sampling(sample.parse_args(base), ddim, config, trained=True)
+    for key in ("steps", "text_guidance", "eta", "fresh_noise_alpha", "frameinit"):
+        assert settings[key] == config.sampling[key], key
+    assert settings["noise_alpha"] == config.objective.noise_alpha
+    settings = sample.resolve_sampling(sample.parse_args(base + ["--eta", "0.5", "--noise-alpha", "2"]), ddim, config, trained=True)
+    assert settings["eta"] == 0.5 and settings["noise_alpha"] == 2.0 and settings["text_guidance"] == config.sampling.text_guidance
+    # The consistency sampler on a DDIM-benchmarked model: its own defaults, the training's noise.
+    config.objective.noise_alpha = 0.5
+    settings = sample.resolve_sampling(sample.parse_args(base), lcm, config, trained=True)
+    assert (settings["steps"], settings["text_guidance"], settings["eta"], settings["noise_alpha"]) == (4, 1.0, 0.0, 0.5)
+    # Without a config: the release's settings.
+    settings = sample.resolve_sampling(sample.parse_args(base), ddim, None, trained=False)
+    assert (settings["steps"], settings["text_guidance"], settings["eta"], settings["noise_alpha"]) == (50, 7.5, 0.0, 1.0)
+    # Training previews follow the same section, at their own step count.
+    previews = PreviewWriter(config, [], [], str(tmp_path / "run"), num_steps=5, seed=0)
+    assert previews.sampling["num_steps"] == 5 and previews.sampling["eta"] == config.sampling.eta
+    assert previews.sampling["text_guidance"] == config.sampling.text_guidance and previews.frame_stride == 1

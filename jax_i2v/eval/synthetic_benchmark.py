@@ -23,22 +23,6 @@ from jax_i2v.eval.frame_quality import frame_quality
 from jax_i2v.pipeline import I2VPipeline
 from jax_i2v.text import caption_text
 
-# How models are sampled for the benchmark unless a config's `sampling` section or the
-# launch/evaluate.py flag of the same name (--text-guidance for text_guidance) says otherwise.
-# FrameInit's filter and noise level default to the release's (jax_i2v.diffusion.frameinit).
-# fresh_noise_alpha None: eta's noise is mixed across frames with the training's noise alpha.
-SAMPLING_DEFAULTS = {
-    "steps": 25,
-    "text_guidance": 7.5,
-    "image_guidance": 1.0,
-    "eta": 0.0,
-    "frameinit": "gaussian",
-    "frameinit_ds": 0.25,
-    "frameinit_dt": 0.25,
-    "frameinit_noise_level": 850,
-    "fresh_noise_alpha": None,
-}
-
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
 VideoGenerator = Callable[[np.ndarray, list[str], int], np.ndarray]
 REFERENCES = ("ground_truth", "static", "ground_truth_coded")

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
-from jax_i2v.pipeline import I2VPipeline, noise_alpha_from_config, save_videos
+from jax_i2v.pipeline import I2VPipeline, frame_stride_from_config, sampling_kwargs, sampling_settings, save_videos
 
 
 class PreviewWriter:
@@ -23,10 +23,11 @@ class PreviewWriter:
                  seed: int):
         self.first_frames, self.captions = first_frames, captions
         self.config = config
-        self.num_steps, self.seed = num_steps, seed
+        self.seed = seed
         self.directory = os.path.join(workdir, "samples")
-        lo, hi = config.data.stride_range
-        self.frame_stride = (lo + hi) / 2
+        self.frame_stride = frame_stride_from_config(config)
+        # The config's `sampling` section, as launch/evaluate.py samples the run, at fewer steps.
+        self.sampling = sampling_kwargs(sampling_settings(config, {"steps": num_steps}))
         if jax.process_index() == 0:
             os.makedirs(self.directory, exist_ok=True)
             with open(os.path.join(self.directory, "captions.json"), "w") as f:
@@ -45,10 +46,9 @@ class PreviewWriter:
             num_frames=data.frames,
             height=data.resolution,
             width=data.resolution,
-            num_steps=self.num_steps,
             frame_stride=self.frame_stride,
-            noise_alpha=noise_alpha_from_config(self.config),
             show_progress=False,
+            **self.sampling,
         )
         paths = []
         if jax.process_index() == 0:

@@ -2,9 +2,46 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import sys
+
+# Each key of `jax_i2v.pipeline.SAMPLING_DEFAULTS`: (type, what it sets, its fallback when the
+# default there is None).
+_SAMPLING_FLAGS = {
+    "steps": (int, "sampling steps", None),
+    "text_guidance": (float, "text guidance scale", None),
+    "image_guidance": (float, "first-frame guidance; > 1 switches to 3-way text+image guidance", None),
+    "eta": (float, "DDIM eta: 0 deterministic, 1 DDPM-like", None),
+    "noise_alpha": (float, "pyoco mixed-noise alpha of the initial noise, 0: independent frames", "the training's, else 1"),
+    "fresh_noise_alpha": (float, "alpha of the noise drawn at each step (eta > 0, LCM)", "the noise alpha"),
+    "frameinit": (str, "FrameInit filter, or none", None),
+    "frameinit_ds": (float, "FrameInit spatial cutoff", None),
+    "frameinit_dt": (float, "FrameInit temporal cutoff", None),
+    "frameinit_order": (int, "FrameInit Butterworth order", None),
+    "frameinit_noise_level": (int, "FrameInit noise level, per mille of the timesteps", None),
+}
+
+
+def sampling_flag(key: str) -> str:
+    """The command-line flag of a sampling setting: --text-guidance for text_guidance."""
+    return "--" + key.replace("_", "-")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fallbacks: dict | None = None) -> None:
+    """One flag per sampling setting, unset by default so that `jax_i2v.pipeline.sampling_settings`
+    takes the config's `sampling` section; `fallbacks` names what an unset flag falls back to where
+    it is not `SAMPLING_DEFAULTS`' value."""
+    from jax_i2v.diffusion.frameinit import FILTER_TYPES
+    from jax_i2v.pipeline import SAMPLING_DEFAULTS
+
+    for key, default in SAMPLING_DEFAULTS.items():
+        kind, what, none_means = _SAMPLING_FLAGS[key]
+        fallback = (fallbacks or {}).get(key, none_means if default is None else default)
+        choices = FILTER_TYPES + ("none",) if key == "frameinit" else None
+        parser.add_argument(sampling_flag(key), type=kind, choices=choices,
+                            help=f"{what} (default: config sampling.{key}, else {fallback})")
 
 
 @contextlib.contextmanager

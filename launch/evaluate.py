@@ -23,8 +23,7 @@ import sys
 import numpy as np
 
 from jax_i2v import media
-from jax_i2v.cli import exit_on_user_error
-from jax_i2v.diffusion.frameinit import FILTER_TYPES
+from jax_i2v.cli import add_sampling_flags, exit_on_user_error
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark
 from jax_i2v.eval.video_features import VideoFeatures
@@ -42,19 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--bench", choices=BENCHES, default="synthetic")
     p.add_argument("--num-videos", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="picks the held-out videos and the sampling noise")
-    p.add_argument("--steps", type=int, help="DDIM steps (default: config sampling.steps, else 25)")
-    p.add_argument("--text-guidance", type=float, help="default: config sampling.text_guidance, else 7.5")
-    p.add_argument("--image-guidance", type=float, help="first-frame guidance (default: config sampling.image_guidance, else 1: off)")
-    p.add_argument("--eta", type=float, help="DDIM eta, 0 deterministic, 1 DDPM-like (default: config sampling.eta, else 0)")
-    p.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: config sampling.frameinit, else gaussian")
-    p.add_argument("--frameinit-ds", type=float, help="FrameInit spatial cutoff (default: config sampling.frameinit_ds, else 0.25)")
-    p.add_argument("--frameinit-dt", type=float, help="FrameInit temporal cutoff (default: config sampling.frameinit_dt, else 0.25)")
-    p.add_argument("--frameinit-order", type=int, help="Butterworth order (default: config sampling.frameinit_order, else 4)")
-    p.add_argument("--frameinit-noise-level", type=int, help="per mille (default: config sampling.frameinit_noise_level, else 850)")
-    p.add_argument("--noise-alpha", type=float,
-                   help="pyoco mixed-noise alpha of the initial noise (default: the training's, config objective.noise_alpha, else 1)")
-    p.add_argument("--fresh-noise-alpha", type=float,
-                   help="alpha of the noise drawn at each step, eta > 0 or LCM (default: config sampling.fresh_noise_alpha, else the noise alpha)")
+    add_sampling_flags(p)
     p.add_argument("--no-ema", action="store_true")
     p.add_argument("--no-model", action="store_true", help="score only the references")
     p.add_argument(

@@ -29,11 +29,11 @@ import time
 import ml_collections
 
 from jax_i2v import media
+from jax_i2v.cli import add_sampling_flags
 from jax_i2v.config_utils import load_config, unet_config
 from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.ddim import DDIMConfig
-from jax_i2v.diffusion.frameinit import FILTER_TYPES
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
@@ -78,20 +78,8 @@ def parse_args(argv=None):
     s.add_argument("--sampler", choices=("ddim", "lcm"), help="lcm: the multistep consistency sampler of distilled "
                    "students (default: the model's, DDIM unless its scheduler config is an LCMScheduler's)")
     s.add_argument("--lcm-timestep-scaling", type=float, default=4.0, help="with --sampler lcm (MCM trains with 4)")
-    # Unset sampling flags take the config's `sampling` section (a run's: how it was benchmarked),
-    # else the defaults shown.
-    s.add_argument("--steps", type=int, help="default: 50 with DDIM, 4 with LCM")
-    s.add_argument("--text-guidance", type=float, help="default: 7.5 with DDIM, 1 (none) with LCM")
-    s.add_argument("--image-guidance", type=float, help="> 1 switches to 3-way text+image guidance (default: 1)")
-    s.add_argument("--eta", type=float, help="default: 0")
+    add_sampling_flags(s, fallbacks={"steps": "50 with DDIM, 4 with LCM", "text_guidance": "7.5 with DDIM, 1 (none) with LCM"})
     s.add_argument("--frame-stride", type=float, help="default: the middle of the config's data.stride_range, else 3")
-    s.add_argument("--noise-alpha", type=float, help="pyoco mixed-noise alpha, 0: independent frames (default: the training's, else 1)")
-    s.add_argument("--fresh-noise-alpha", type=float, help="alpha of the noise drawn at each step (eta > 0, LCM; default: --noise-alpha)")
-    s.add_argument("--frameinit", choices=FILTER_TYPES + ("none",), help="default: gaussian")
-    s.add_argument("--frameinit-ds", type=float, help="default: 0.25")
-    s.add_argument("--frameinit-dt", type=float, help="default: 0.25")
-    s.add_argument("--frameinit-order", type=int, help="Butterworth order (default: 4)")
-    s.add_argument("--frameinit-noise-level", type=int, help="per mille (default: 850)")
     s.add_argument("--camera-motion", choices=CAMERA_MOTIONS)
     s.add_argument("--chunks", type=int, default=1, help="autoregressive chunks; each adds frames - 1 frames")
     s.add_argument("--num-videos", type=int, default=1)

@@ -25,6 +25,7 @@ import subprocess
 import sys
 from typing import Sequence
 
+from jax_i2v.cli import sampling_flag
 from jax_i2v.config_utils import load_config
 from jax_i2v.eval.consistency import METRICS
 from jax_i2v.eval.synthetic_benchmark import REFERENCES
@@ -32,7 +33,7 @@ from jax_i2v.pipeline import SAMPLING_DEFAULTS
 
 LAUNCH = os.path.dirname(os.path.abspath(__file__))
 # A config's `sampling` keys and the launch/evaluate.py flags that set them.
-SAMPLING_FLAGS = {key: "--" + key.replace("_", "-") for key in SAMPLING_DEFAULTS}
+SAMPLING_FLAGS = {key: sampling_flag(key) for key in SAMPLING_DEFAULTS}
 COLUMNS = METRICS + ("fvd_proxy",)
 
 

@@ -11,6 +11,12 @@ latent codec (what a lossy codec alone costs); `fvd_proxy` is the Frechet distan
 the feature space of the shipped moving-shapes video encoder. `--out FILE` also writes the JSON
 (with per-video scores) there; `--gif FILE` writes the first 8 sampled videos (left) beside their
 ground truth (right), one row each, magnified 4x.
+
+`--ode-reference TEACHER` adds the model's `reference_distance`: per video, the RMS pixel
+difference (/255, frames after the first) to TEACHER's deterministic DDIM video (eta 0,
+`--ode-reference-steps`, TEACHER's config guidance) from the same first frame, caption and noise.
+For a distilled student that is how far it lands from the probability-flow ODE's end it is
+trained to reach; it needs the two configs to draw the same initial noise (noise alpha, FrameInit).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 from jax_i2v import media
 from jax_i2v.cli import add_sampling_flags, exit_on_user_error
 from jax_i2v.diffusion.lcm import LCMConfig
-from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark
+from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark, sample_clips
 from jax_i2v.eval.video_features import VideoFeatures
 from jax_i2v.pipeline import SAMPLING_DEFAULTS, I2VPipeline, check_guidance_was_trained, sampling_kwargs
 from jax_i2v.pipeline import sampling_settings as pipeline_sampling_settings
@@ -49,11 +55,15 @@ def parse_args(argv=None):
         action="store_true",
         help="also score the ground truth through the model's latent codec (ground_truth_coded: the ceiling of a lossy codec)",
     )
+    p.add_argument("--ode-reference", metavar="TEACHER", help="also score reference_distance to this run's deterministic DDIM videos")
+    p.add_argument("--ode-reference-steps", type=int, default=50, help="DDIM steps of the --ode-reference videos (MCM's solver grid: 50)")
     p.add_argument("--out", help="also write the result (with per-video scores) to this JSON file")
     p.add_argument("--gif", help="also write the first 8 sampled videos beside their ground truth to this GIF")
     args = p.parse_args(argv)
     if args.num_videos < 1:
         p.error("--num-videos must be >= 1")
+    if args.ode_reference and (args.no_model or args.ode_reference_steps < 1):
+        p.error("--ode-reference needs a model to compare (no --no-model) and --ode-reference-steps >= 1")
     if args.gif and (args.no_model or not args.gif.endswith(".gif")):
         p.error("--gif needs a model to sample (no --no-model) and a path ending in .gif")
     return args
@@ -93,6 +103,19 @@ def _recording(generate, sink: list):
     return recorded
 
 
+def ode_reference_videos(args, clips: list) -> list[np.ndarray]:
+    """`args.ode_reference`'s DDIM (eta 0) videos of `clips`, drawn from the benchmark's seeds."""
+    pipe, config, reference_clips = load_run_and_clips(args.ode_reference, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
+    if isinstance(pipe.scheduler, LCMConfig):
+        raise ValueError(f"--ode-reference {args.ode_reference} samples with the consistency sampler; give the DDIM teacher")
+    if [c.caption for c in reference_clips] != [c.caption for c in clips]:
+        raise ValueError(f"--ode-reference {args.ode_reference} reads other benchmark clips than --checkpoint (its data config differs)")
+    settings = pipeline_sampling_settings(config, {"steps": args.ode_reference_steps, "eta": 0.0})
+    check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
+    generate = pipeline_generator(pipe, config.data.frames, config.data.resolution, settings)
+    return sample_clips(generate, reference_clips, seed=args.seed)[0]
+
+
 def run(args) -> dict:
     pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
     data = config.data
@@ -102,7 +125,8 @@ def run(args) -> dict:
     if args.gif:
         generate = _recording(generate, sampled)
     round_trip = codec_round_trip(pipe.vae) if args.codec_reference else None
-    result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load(), round_trip=round_trip)
+    reference = ode_reference_videos(args, clips) if args.ode_reference else None
+    result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load(), round_trip=round_trip, reference_videos=reference)
     if args.gif:
         rows = [(video, clip.video) for video, clip in zip(np.concatenate(sampled), clips[:GIF_ROWS])]
         media.write_video(args.gif, media.video_grid(rows, scale=4), fps=4)
@@ -111,6 +135,8 @@ def run(args) -> dict:
         "num_videos": args.num_videos,
         "seed": args.seed,
         "sampler": "lcm" if isinstance(pipe.scheduler, LCMConfig) else "ddim",
+        "ode_reference": args.ode_reference and os.path.abspath(args.ode_reference),
+        "ode_reference_steps": args.ode_reference_steps,
         **settings,
         "frames": data.frames,
         "resolution": data.resolution,

@@ -74,3 +74,19 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
 
     evaluate.pipeline_generator(RecordingPipeline(), 2, 4, settings)(np.zeros((1, 4, 4, 3), np.uint8), ["a caption"], 0)
     assert calls[0]["noise_alpha"] == 0.5 and calls[0]["fresh_noise_alpha"] == 2.0
+
+
+@pytest.mark.slow
+def test_ode_reference_distance_is_zero_for_the_same_sampler_and_grows_with_fewer_steps(micro_run, tmp_path):
+    """The reference videos start from the benchmark's noise: the model's own DDIM (eta 0) videos
+    are at distance 0, and fewer steps land elsewhere."""
+    common = ["--checkpoint", str(micro_run), "--num-videos", "2", "--seed", "2", "--eta", "0", "--ode-reference", str(micro_run),
+              "--ode-reference-steps", "3", "--out", str(tmp_path / "scores.json")]
+    same = evaluate.main(common + ["--steps", "3"])
+    assert same["model"]["reference_distance"] == 0.0
+    assert [v["model"]["reference_distance"] for v in same["per_video"]] == [0.0] * 2
+    fewer = evaluate.main(common + ["--steps", "1"])
+    assert fewer["model"]["reference_distance"] > 0.01
+    assert fewer["settings"]["ode_reference"] == os.path.abspath(micro_run) and fewer["settings"]["ode_reference_steps"] == 3
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--checkpoint", "x", "--ode-reference", "y", "--no-model"])

@@ -87,6 +87,29 @@ def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
     return round_trip
 
 
+def sample_clips(generate: VideoGenerator, clips: list[BenchmarkClip], seed: int = 0, batch_size: int = 8) -> tuple[list[np.ndarray], float]:
+    """`generate`'s videos for `clips`, batch k drawn with seed `seed + k * batch_size` (so two
+    generators given the same clips and seed start from the same noise), and the sampling seconds
+    per video over the batches after the first, which compiles (nan with one batch)."""
+    videos: list[np.ndarray] = []
+    timed_seconds, timed_videos = 0.0, 0
+    for start in tqdm.trange(0, len(clips), batch_size, desc="benchmark", unit="batch"):
+        batch = clips[start : start + batch_size]
+        began = time.perf_counter()
+        out = generate(np.stack([c.video[0] for c in batch]), [c.caption for c in batch], seed + start)
+        if start:
+            timed_seconds, timed_videos = timed_seconds + time.perf_counter() - began, timed_videos + len(batch)
+        if out.shape[1:] != batch[0].video.shape or out.dtype != np.uint8:
+            raise ValueError(f"the generator returned {out.shape} {out.dtype}, expected (B,) + {batch[0].video.shape} uint8")
+        videos += list(out)
+    return videos, (timed_seconds / timed_videos if timed_videos else float("nan"))
+
+
+def video_distance(video: np.ndarray, reference: np.ndarray) -> float:
+    """RMS difference / 255 of two (F, S, S, 3) uint8 videos over frames 1.. (frame 0 is given)."""
+    return float(np.sqrt(np.mean(np.square(video[1:].astype(np.float32) - reference[1:].astype(np.float32)))) / 255.0)
+
+
 def run_benchmark(
     generate: Optional[VideoGenerator],
     clips: list[BenchmarkClip],
@@ -94,40 +117,39 @@ def run_benchmark(
     batch_size: int = 8,
     features: Optional[Any] = None,
     round_trip: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    reference_videos: Optional[list[np.ndarray]] = None,
 ) -> dict[str, Any]:
     """{"model": averages, "ground_truth": ..., "static": ..., "per_video": [...]}.
 
     `generate` None scores only the references; the model's entry also has its sampling time per
-    video (`sampling_seconds_per_video`, batches after the first, which compiles). `features` (a `VideoFeatures`) adds `fvd_proxy`,
-    the Frechet distance of each set of clips to the ground-truth clips in its feature space.
+    video (`sampling_seconds_per_video`). `features` (a `VideoFeatures`) adds `fvd_proxy`, the
+    Frechet distance of each set of clips to the ground-truth clips in its feature space.
     `round_trip` (see `codec_round_trip`) adds the reference "ground_truth_coded": the ground truth
     through the model's latent codec, the best a model that decodes through it can score.
+    `reference_videos` (another generator's `sample_clips` for the same clips and seed) adds the
+    model's `reference_distance` to them (`video_distance`).
     """
     truth = [clip.video for clip in clips]
     videos = {"ground_truth": truth, "static": [np.repeat(v[:1], len(v), axis=0) for v in truth]}
     if round_trip is not None:
         videos["ground_truth_coded"] = [round_trip(v) for v in truth]
-    timed_seconds, timed_videos = 0.0, 0
+    seconds_per_video = float("nan")
     if generate is not None:
-        generated = []
-        for start in tqdm.trange(0, len(clips), batch_size, desc="benchmark", unit="batch"):
-            batch = clips[start : start + batch_size]
-            began = time.perf_counter()
-            out = generate(np.stack([c.video[0] for c in batch]), [c.caption for c in batch], seed + start)
-            if start:  # the first batch compiles the sampler
-                timed_seconds, timed_videos = timed_seconds + time.perf_counter() - began, timed_videos + len(batch)
-            if out.shape[1:] != truth[0].shape or out.dtype != np.uint8:
-                raise ValueError(f"the generator returned {out.shape} {out.dtype}, expected (B,) + {truth[0].shape} uint8")
-            generated += list(out)
+        generated, seconds_per_video = sample_clips(generate, clips, seed, batch_size)
         videos = {"model": generated, **videos}
     result: dict[str, Any] = {}
     per_video = {name: _score(vs, clips) for name, vs in videos.items()}
+    if reference_videos is not None:
+        if generate is None or len(reference_videos) != len(clips):
+            raise ValueError(f"reference videos need a model to compare and one video per clip ({len(clips)}), got {len(reference_videos)}")
+        for scores, video, reference in zip(per_video["model"], videos["model"], reference_videos):
+            scores["reference_distance"] = video_distance(video, reference)
     for name, scores in per_video.items():
         result[name] = average(scores)
         if features is not None:
             result[name]["fvd_proxy"] = features.frechet_distance(np.stack(videos[name]), np.stack(truth))
-    if timed_videos:
-        result["model"]["sampling_seconds_per_video"] = timed_seconds / timed_videos
+    if not np.isnan(seconds_per_video):
+        result["model"]["sampling_seconds_per_video"] = seconds_per_video
     result["per_video"] = [
         {"caption": clip.caption, **{name: per_video[name][i] for name in per_video}} for i, clip in enumerate(clips)
     ]

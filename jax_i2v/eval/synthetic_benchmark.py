@@ -87,10 +87,10 @@ def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
     return round_trip
 
 
-def sample_clips(generate: VideoGenerator, clips: list[BenchmarkClip], seed: int = 0, batch_size: int = 8) -> tuple[list[np.ndarray], float]:
+def sample_clips(generate: VideoGenerator, clips: list[BenchmarkClip], seed: int = 0, batch_size: int = 8) -> tuple[list[np.ndarray], Optional[float]]:
     """`generate`'s videos for `clips`, batch k drawn with seed `seed + k * batch_size` (so two
     generators given the same clips and seed start from the same noise), and the sampling seconds
-    per video over the batches after the first, which compiles (nan with one batch)."""
+    per video over the batches after the first, which compiles (None with one batch)."""
     videos: list[np.ndarray] = []
     timed_seconds, timed_videos = 0.0, 0
     for start in tqdm.trange(0, len(clips), batch_size, desc="benchmark", unit="batch"):
@@ -102,7 +102,7 @@ def sample_clips(generate: VideoGenerator, clips: list[BenchmarkClip], seed: int
         if out.shape[1:] != batch[0].video.shape or out.dtype != np.uint8:
             raise ValueError(f"the generator returned {out.shape} {out.dtype}, expected (B,) + {batch[0].video.shape} uint8")
         videos += list(out)
-    return videos, (timed_seconds / timed_videos if timed_videos else float("nan"))
+    return videos, (timed_seconds / timed_videos if timed_videos else None)
 
 
 def video_distance(video: np.ndarray, reference: np.ndarray) -> float:
@@ -133,7 +133,7 @@ def run_benchmark(
     videos = {"ground_truth": truth, "static": [np.repeat(v[:1], len(v), axis=0) for v in truth]}
     if round_trip is not None:
         videos["ground_truth_coded"] = [round_trip(v) for v in truth]
-    seconds_per_video = float("nan")
+    seconds_per_video = None
     if generate is not None:
         generated, seconds_per_video = sample_clips(generate, clips, seed, batch_size)
         videos = {"model": generated, **videos}
@@ -148,7 +148,7 @@ def run_benchmark(
         result[name] = average(scores)
         if features is not None:
             result[name]["fvd_proxy"] = features.frechet_distance(np.stack(videos[name]), np.stack(truth))
-    if not np.isnan(seconds_per_video):
+    if seconds_per_video is not None:
         result["model"]["sampling_seconds_per_video"] = seconds_per_video
     result["per_video"] = [
         {"caption": clip.caption, **{name: per_video[name][i] for name in per_video}} for i, clip in enumerate(clips)

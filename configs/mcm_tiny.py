@@ -48,9 +48,11 @@ def get_config():
     # DiffAugment's colour jitter and cutout swamp a 32-px frame's blur, noise and watermark, and
     # the tiny teacher's caption embeddings as the projection's condition stall it; so no
     # augmentation, one fixed condition and a 10x learning rate. See the README's MCM section.
+    # target="ema" (LCM's) is the one that takes a 10x student learning rate: with MCM's
+    # stop-gradient target, gen_lr=1e-3 drives the student off the teacher's ODE (README).
     config.mcm = ml_collections.ConfigDict(
         dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
-             motion="raw", head_ema_decay=0.95, target="stop_gradient", lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,
+             motion="raw", head_ema_decay=0.95, target="stop_gradient", target_ema_decay=0.95, lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,
              adversarial_weight=1.0, disc_frames=2, disc_augment="", disc_condition="none", gp_weight=1e-5)
     )
     config.distill = ml_collections.ConfigDict(

@@ -71,7 +71,13 @@ def parse_args(argv=None):
 
 def sampling_settings(config, args) -> dict:
     """Flags over the config's `sampling` section over the defaults; guidance the run was trained for."""
-    settings = pipeline_sampling_settings(config, {k: getattr(args, k) for k in SAMPLING_DEFAULTS})
+    return trained_sampling_settings(config, {k: getattr(args, k) for k in SAMPLING_DEFAULTS})
+
+
+def trained_sampling_settings(config, overrides: dict) -> dict:
+    """`overrides` over the config's `sampling` section over the defaults; raises for guidance the
+    run was not trained for."""
+    settings = pipeline_sampling_settings(config, overrides)
     check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
     return settings
 
@@ -110,8 +116,7 @@ def ode_reference_videos(args, clips: list) -> list[np.ndarray]:
         raise ValueError(f"--ode-reference {args.ode_reference} samples with the consistency sampler; give the DDIM teacher")
     if [c.caption for c in reference_clips] != [c.caption for c in clips]:
         raise ValueError(f"--ode-reference {args.ode_reference} reads other benchmark clips than --checkpoint (its data config differs)")
-    settings = pipeline_sampling_settings(config, {"steps": args.ode_reference_steps, "eta": 0.0})
-    check_guidance_was_trained(config, settings["text_guidance"], settings["image_guidance"])
+    settings = trained_sampling_settings(config, {"steps": args.ode_reference_steps, "eta": 0.0})
     generate = pipeline_generator(pipe, config.data.frames, config.data.resolution, settings)
     return sample_clips(generate, reference_clips, seed=args.seed)[0]
 

@@ -76,9 +76,14 @@ def get_config():
              time_limit_minutes=0.0)
     )
     config.sampling = ml_collections.ConfigDict(dict(steps=50, text_guidance=7.5, frameinit="gaussian"))
+    # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
+    # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).
+    config.model = ml_collections.ConfigDict(dict(attention="auto"))
     config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=1, fsdp=-1, tensor=1), dcn=dict()))
     config.sharding_rules = ml_collections.ConfigDict()
     config.tensorboard = True
+    # JAX's persistent compilation cache, so restarts skip compiling: "" WORKDIR/compilation_cache, "none" off, or a folder.
+    config.compilation_cache_dir = ""
     config.dtype = "bfloat16"
     config.param_dtype = "float32"
     return config

@@ -59,7 +59,12 @@ def get_config():
         dict(batch_size=4, steps=2000, seed=0, log_every=10, checkpoint_every=200, keep_checkpoints=3, time_limit_minutes=0.0,
              gen_lr=1e-4, disc_lr=1e-3)
     )
+    # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
+    # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).
+    config.model = ml_collections.ConfigDict(dict(attention="auto"))
     config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=-1, fsdp=1, tensor=1), dcn=dict()))
     config.sharding_rules = ml_collections.ConfigDict()
     config.tensorboard = True
+    # JAX's persistent compilation cache, so restarts skip compiling: "" WORKDIR/compilation_cache, "none" off, or a folder.
+    config.compilation_cache_dir = ""
     return config

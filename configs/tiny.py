@@ -150,10 +150,15 @@ def get_config():
         dict(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian")
     )
     # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).
+    # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
+    # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).
+    config.model = ml_collections.ConfigDict(dict(attention="auto"))
     config.mesh = ml_collections.ConfigDict(dict(ici=dict(data=-1, fsdp=1, tensor=1), dcn=dict()))
     # Overrides of jax_i2v.parallel.partitioning.DEFAULT_RULES, e.g. {"embed": None} (no FSDP).
     config.sharding_rules = ml_collections.ConfigDict()
     config.tensorboard = True
+    # JAX's persistent compilation cache, so restarts skip compiling: "" WORKDIR/compilation_cache, "none" off, or a folder.
+    config.compilation_cache_dir = ""
     config.dtype = "float32"
     config.param_dtype = "float32"
     return config

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jax_i2v.models.config import UNetConfig
+from jax_i2v.models.unet import build_unet
 
 # Config / command-line dtype names.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -48,3 +49,21 @@ def config_from_dict(values: dict) -> ml_collections.ConfigDict:
         return value
 
     return ml_collections.ConfigDict(restore(values))
+
+
+def attention_setting(config: ml_collections.ConfigDict) -> str:
+    """The config's `model.attention` ("auto" for configs written before the key existed)."""
+    return (config.get("model") or {}).get("attention", "auto")
+
+
+def unet_from_config(config: ml_collections.ConfigDict, *, platform=None, attention=None, **kwargs):
+    """The experiment's video UNet: its `unet` architecture, compute / param dtypes and attention
+    kernels resolved for `platform` (default: that of `jax.devices()`)."""
+    return build_unet(
+        unet_config(config),
+        dtype=dtype(config.get("dtype", "float32")),
+        param_dtype=dtype(config.get("param_dtype", "float32")),
+        attention=attention or attention_setting(config),
+        platform=platform,
+        **kwargs,
+    )

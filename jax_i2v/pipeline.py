@@ -20,7 +20,7 @@ import numpy as np
 import tqdm
 
 from jax_i2v import media
-from jax_i2v.config_utils import config_from_dict, dtype, unet_config
+from jax_i2v.config_utils import config_from_dict, unet_from_config
 from jax_i2v.convert import load_text_encoder, load_unet, load_vae, parse_config_file, save_text_encoder, save_unet, save_vae
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
@@ -32,7 +32,7 @@ from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
 from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.models.text_encoder import text_conditioning
-from jax_i2v.models.unet import VideoUNet, apply_unet, build_unet
+from jax_i2v.models.unet import VideoUNet, apply_unet
 from jax_i2v.models.vae import LatentCodec, PixelSpace, latent_codec
 from jax_i2v.text import TextEncoder
 from jax_i2v.train.checkpoint import load_for_inference
@@ -84,10 +84,11 @@ class I2VPipeline:
     scheduler: DDIMConfig | LCMConfig = dataclasses.field(default_factory=DDIMConfig)
 
     @classmethod
-    def from_config(cls, config, params, **kwargs) -> "I2VPipeline":
+    def from_config(cls, config, params, attention: Optional[str] = None, **kwargs) -> "I2VPipeline":
         """From an experiment config (configs/*.py) and params as trained with it: the UNet's, or
-        {"unet": ..., "text": ...} when the caption encoder is trained too."""
-        unet = build_unet(unet_config(config), dtype=dtype(config.get("dtype", "float32")))
+        {"unet": ..., "text": ...} when the caption encoder is trained too. `attention` overrides
+        the config's `model.attention`."""
+        unet = unet_from_config(config, attention=attention)
         text = text_conditioning(config.get("text_encoder"), config.data.text_len, unet.config.cross_attention_dim)
         kwargs.setdefault("vae", latent_codec(config))
         kwargs.setdefault("scheduler", scheduler_from_config(config))

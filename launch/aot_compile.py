@@ -1,130 +1,128 @@
-"""Compiles the train step ahead of time for a TPU topology on this (CPU) machine and reports the
-per-device memory and FLOPs, so the released-size model can be fitted to a pod before renting it.
+"""Compiles the trainer's own step ahead of time for a TPU topology on this (CPU) host and reports
+per-device memory, FLOPs and the kernels compiled, so a pod can be sized before renting it.
 
-  python launch/aot_compile.py --config configs/consisti2v_256.py --topology v5p:2x2x1 \
-      --mesh fsdp=-1 --per-device-batch 1 --remat block
+  python launch/aot_compile.py --config=configs/consisti2v_256.py --topology=v5p:2x2x1 \
+      --mesh=fsdp=4 --per_device_batch=1 --config.train.remat_policy=block
 
-Needs the TPU runtime package (`pip install -e ".[tpu]"`, which brings libtpu); nothing runs on a
-TPU. Prints one JSON line: memory per device in bytes (arguments, outputs, temporaries, total
-live = arguments + outputs + temporaries - aliased donations), FLOPs per step (from XLA's cost
-model) and the compile time. Batches carry precomputed caption embeddings (as with the frozen CLIP
-tower of the released model), so a trainable caption encoder is not part of the compiled step.
+The step comes from the trainer's builder (`jax_i2v.train.experiment.build_experiment`) with the
+topology's devices as the mesh: the same model, kernels (`model.attention`, "auto" resolving for
+TPU), state shardings, loss, optimizer, accumulation and EMA as `launch/train.py` with the same
+config. Batches carry latents and caption embeddings (token ids for a trainable caption encoder).
+Needs libtpu (`pip install -e ".[tpu]"`); nothing runs on a TPU. Prints one JSON line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
+import re
+import resource
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections
-from jax.sharding import NamedSharding, PartitionSpec
+from absl import app, flags
+from ml_collections import config_flags
 
-from jax_i2v.config_utils import dtype, load_config, unet_config
-from jax_i2v.diffusion.objective import ObjectiveConfig
-from jax_i2v.diffusion.schedules import make_schedule
-from jax_i2v.models.unet import REMAT_POLICIES, build_unet, dummy_inputs
-from jax_i2v.parallel.mesh import MESH_AXES, batch_parallel_size, create_mesh
-from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
-from jax_i2v.train.runtime import config_section
-from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
-from jax_i2v.train.state import abstract_train_state, state_shardings
-from jax_i2v.train.step import StepConfig, compiled_flops, make_train_step, unet_loss_fn
+from jax_i2v.cli import exit_on_user_error, parse_flags_with_config
+from jax_i2v.parallel.mesh import MESH_AXES
 
-def _mesh_sizes(text: str) -> dict[str, int]:
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:2x2x1 (v5p-8), v5e:4x4 (v5e-16)")
+_MESH = flags.DEFINE_string("mesh", "", "mesh axis sizes, e.g. data=2,fsdp=-1 (default: the config's mesh.ici)")
+_PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 1, "clips per device (the global batch is this x data x fsdp)")
+_FRAMES = flags.DEFINE_integer("frames", None, "frames including the first (default: config data.frames)")
+flags.mark_flags_as_required(["config", "topology"])
+
+# The utilisation assumed to turn model FLOPs into a step time.
+ASSUMED_MFU = 0.4
+
+
+def mesh_sizes(text: str) -> dict[str, int]:
     sizes = {}
     for item in filter(None, text.split(",")):
         name, _, value = item.partition("=")
         if name not in MESH_AXES or not value.lstrip("-").isdigit():
-            raise argparse.ArgumentTypeError(f"--mesh takes AXIS=SIZE pairs over {MESH_AXES}, got {item!r}")
+            raise ValueError(f"--mesh takes AXIS=SIZE pairs over {MESH_AXES}, got {item!r}")
         sizes[name] = int(value)
     return sizes
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True)
-    p.add_argument("--topology", required=True, help="TPU topology, e.g. v5p:2x2x1 (v5p-8), v5e:4x4 (v5e-16)")
-    p.add_argument("--mesh", type=_mesh_sizes, default={"fsdp": -1}, help="e.g. data=2,fsdp=-1 (default fsdp=-1)")
-    p.add_argument("--per-device-batch", type=int, default=1)
-    p.add_argument("--remat", choices=REMAT_POLICIES, default="none")
-    p.add_argument("--frames", type=int, help="frames including the first (default: config data.frames)")
-    return p.parse_args(argv)
+def pallas_call_count(hlo_text: str) -> int:
+    """Mosaic (Pallas TPU) kernels among the compiled program's custom calls."""
+    return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
 
 
-def run(args) -> dict:
+def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int = 1, frames=None) -> dict:
+    import jax
     from jax.experimental import topologies
+
+    from jax_i2v.config_utils import unet_config
+    from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
+    from jax_i2v.parallel.mesh import batch_parallel_size, create_mesh
+    from jax_i2v.train.experiment import build_experiment
+    from jax_i2v.train.step import compiled_flops
 
     # An executable compiled for a topology has no client to be loaded back into: keep it out of
     # the persistent compilation cache.
     jax.config.update("jax_enable_compilation_cache", False)
-    config = load_config(args.config)
-    topology = topologies.get_topology_desc(topology_name=args.topology, platform="tpu")
-    devices = topology.devices
-    mesh = create_mesh(args.mesh, devices=devices)
-    model = build_unet(unet_config(config), dtype=dtype(config.get("dtype", "bfloat16")), remat_policy=args.remat)
-    cfg = model.config
-    optim = config_section(config, "optim", OptimizerConfig) if "optim" in config else OptimizerConfig()
-    optimizer = make_optimizer(optim)
-    rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
+    if per_device_batch < 1:
+        raise ValueError(f"--per_device_batch must be >= 1, got {per_device_batch}")
+    devices = topologies.get_topology_desc(topology_name=topology_name, platform="tpu").devices
+    mesh = create_mesh(mesh_sizes(mesh_text) if mesh_text else config.mesh.ici.to_dict(), devices=devices)
+    batch = per_device_batch * batch_parallel_size(mesh)
+    with config.unlocked():
+        config.train.batch_size = batch
+        config.train.init_from_image_unet = ""  # initial weights do not change the program
+    experiment = build_experiment(config, mesh)
+    frames = frames or config.data.frames
+    inputs = experiment.abstract_inputs(batch, frames)
 
-    def init_params(rng):
-        return model.init(rng, **dummy_inputs(cfg))["params"]
-
-    abstract = abstract_train_state(init_params, optimizer, jax.random.key(0))
-    shardings = state_shardings(abstract, optimizer, mesh, rules)
-    abstract = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-
-    data = config.data
-    frames = args.frames or data.frames
-    batch = args.per_device_batch * batch_parallel_size(mesh)
-    size, channels = data.latent_size, data.latent_channels
-    shapes = {
-        "latents": ((batch, frames, size, size, channels), jnp.float32),
-        "text": ((batch, data.text_len, cfg.cross_attention_dim), jnp.float32),
-        "frame_stride": ((batch,), jnp.float32),
-    }
-    batch_spec = {
-        k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape), rules)) for k, (shape, dtype) in shapes.items()
-    }
-    replicated = NamedSharding(mesh, PartitionSpec())
-    null_text = jax.ShapeDtypeStruct((data.text_len, cfg.cross_attention_dim), jnp.float32, sharding=replicated)
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-
-    loss_fn = unet_loss_fn(model, make_schedule(), ObjectiveConfig())
-    step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, StepConfig())
     start = time.perf_counter()
-    compiled = step.lower(abstract, batch_spec, null_text, rng).compile()
+    compiled = experiment.train_step.lower(experiment.sharded_abstract_state(), *inputs).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     live = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes - memory.alias_size_in_bytes
+    size = config.data.latent_size
+    model_flops = train_step_flops(
+        unet_config(config), batch=batch, frames=frames, height=size, width=size, text_len=config.data.text_len,
+        remat=experiment.loop.remat_policy,
+    )
+    device_kind = devices[0].device_kind
+    step_s = model_flops / len(devices) / (ASSUMED_MFU * (peak_bf16_flops(device_kind) or float("nan")))
     return {
-        "topology": args.topology,
+        "topology": topology_name,
         "devices": len(devices),
-        "device_kind": devices[0].device_kind,
+        "device_kind": device_kind,
         "mesh": dict(mesh.shape),
-        "per_device_batch": args.per_device_batch,
+        "per_device_batch": per_device_batch,
         "global_batch": batch,
         "frames": frames,
-        "remat": args.remat,
-        "params": int(sum(x.size for x in jax.tree_util.tree_leaves(abstract.params))),
+        "remat": experiment.loop.remat_policy,
+        "attention": experiment.model.attention_implementation.as_dict(),
+        "pallas_calls": pallas_call_count(compiled.as_text()),
+        "params": int(sum(x.size for x in jax.tree_util.tree_leaves(experiment.abstract_state.params))),
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),
         "temp_bytes": int(memory.temp_size_in_bytes),
         "alias_bytes": int(memory.alias_size_in_bytes),
         "total_bytes": int(live),
         "flops_per_step": compiled_flops(compiled),
+        "model_flops_per_step": int(model_flops),
+        f"step_s_at_{int(ASSUMED_MFU * 100)}pct_mfu": float(f"{step_s:.4g}"),
+        f"clips_per_s_per_chip_at_{int(ASSUMED_MFU * 100)}pct_mfu": float(f"{batch / step_s / len(devices):.4g}"),
         "compile_s": round(compile_s, 2),
+        "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
 
-def main(argv=None):
-    print(json.dumps(run(parse_args(argv))))
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    with exit_on_user_error():
+        result = run(_CONFIG.value, _TOPOLOGY.value, _MESH.value, _PER_DEVICE_BATCH.value, _FRAMES.value)
+    print(json.dumps(result))
     sys.stdout.flush()
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main, flags_parser=parse_flags_with_config)

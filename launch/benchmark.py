@@ -6,7 +6,9 @@
 `--frames` counts the conditioning frame (the reference's `n_frames`). Prints one
 JSON line: params, compile_s (forward + backward compilation), fwd_ms, fwdbwd_ms
 (medians over timed runs after warm-up; fwdbwd is the gradient of the mean squared
-output w.r.t. params).
+output w.r.t. params), the model FLOPs of forward + backward (`jax_i2v.models.flops`), the
+TFLOP/s they give and the MFU against the chip's dense bf16 peak (null on CPUs), and the
+attention kernel per kind.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 from jax_i2v.config_utils import DTYPES
 from jax_i2v.convert import read_unet_config
 from jax_i2v.models.attention import IMPLEMENTATIONS
+from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
 from jax_i2v.models.unet import apply_unet, build_unet, random_params
 
 def parse_args(argv=None):
@@ -59,7 +62,7 @@ def _median_ms(fn, args, warmup, iters):
 
 def run(args) -> dict:
     config = read_unet_config(args.unet_config)
-    model = build_unet(config, dtype=DTYPES[args.dtype], attention_implementation=args.attention)
+    model = build_unet(config, dtype=DTYPES[args.dtype], attention=args.attention)
     height, width = args.latent_hw
     keys = jax.random.split(jax.random.key(args.seed), 3)
     params = random_params(model, args.seed)
@@ -83,17 +86,28 @@ def run(args) -> dict:
     fwd = jax.jit(forward).lower(*inputs).compile()
     fwdbwd = jax.jit(jax.grad(loss)).lower(*inputs).compile()
     compile_s = time.perf_counter() - start
+    fwdbwd_ms = _median_ms(fwdbwd, inputs, args.warmup, args.iters)
+    device_kind = jax.devices()[0].device_kind
+    model_flops = train_step_flops(
+        config, batch=args.batch, frames=args.frames, height=height, width=width, text_len=args.text_len
+    )
+    achieved = model_flops / (fwdbwd_ms / 1e3)
+    peak = peak_bf16_flops(device_kind)
     return {
         "params": int(n_params),
         "compile_s": round(compile_s, 3),
         "fwd_ms": round(_median_ms(fwd, inputs, args.warmup, args.iters), 3),
-        "fwdbwd_ms": round(_median_ms(fwdbwd, inputs, args.warmup, args.iters), 3),
+        "fwdbwd_ms": round(fwdbwd_ms, 3),
+        "model_flops_fwdbwd": int(model_flops),
+        "model_tflops_per_s": round(achieved / 1e12, 4),
+        "mfu": None if peak is None else round(achieved / peak, 4),
         "batch": args.batch,
         "frames": args.frames,
         "latent_hw": [height, width],
         "text_len": args.text_len,
         "dtype": args.dtype,
-        "device": jax.devices()[0].device_kind,
+        "attention": model.attention_implementation.as_dict(),
+        "device": device_kind,
     }
 
 

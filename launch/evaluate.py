@@ -29,7 +29,9 @@ import sys
 import numpy as np
 
 from jax_i2v import media
+from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.cli import add_sampling_flags, exit_on_user_error
+from jax_i2v.compilation_cache import enable_compilation_cache, user_cache_dir
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark, sample_clips
 from jax_i2v.eval.video_features import VideoFeatures
@@ -49,6 +51,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="picks the held-out videos and the sampling noise")
     add_sampling_flags(p)
     p.add_argument("--no-ema", action="store_true")
+    p.add_argument("--attention", choices=IMPLEMENTATIONS, help="attention kernels (default: the run's model.attention, else auto)")
     p.add_argument("--no-model", action="store_true", help="score only the references")
     p.add_argument(
         "--codec-reference",
@@ -59,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--ode-reference-steps", type=int, default=50, help="DDIM steps of the --ode-reference videos (MCM's solver grid: 50)")
     p.add_argument("--out", help="also write the result (with per-video scores) to this JSON file")
     p.add_argument("--gif", help="also write the first 8 sampled videos beside their ground truth to this GIF")
+    p.add_argument("--compilation-cache", default="", metavar="DIR",
+                   help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+                   f"{user_cache_dir()}; none: off)")
     args = p.parse_args(argv)
     if args.num_videos < 1:
         p.error("--num-videos must be >= 1")
@@ -122,7 +128,8 @@ def ode_reference_videos(args, clips: list) -> list[np.ndarray]:
 
 
 def run(args) -> dict:
-    pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema)
+    pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema,
+                                             attention=args.attention)
     data = config.data
     settings = sampling_settings(config, args)
     generate = None if args.no_model else pipeline_generator(pipe, data.frames, data.resolution, settings)
@@ -151,6 +158,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    enable_compilation_cache(args.compilation_cache, user_cache_dir())
     with exit_on_user_error():
         result = run(args)
     if args.out:

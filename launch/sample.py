@@ -14,8 +14,11 @@ encoder are rebuilt from the config saved with it, EMA params preferred), a diff
 folder alone (`--unet path/to/unet`; captions then go through the parameter-free hashed word
 encoder), or, for smoke runs, are random (`--random-params`). Sampling settings not given as flags
 come from the config's `sampling` section (a run's, or `--config`'s), as launch/evaluate.py takes
-them, else the release's. A progress bar counts denoising steps; the files written are printed as
-JSON on the last line.
+them, else the release's. A progress bar counts denoising steps; the files written, the seconds
+taken and those spent compiling (`compile_s`) are printed as JSON on the last line. Compiled
+programs are kept in `--compilation-cache` (JAX's persistent cache), so a second run skips
+compiling them; the sampler with the progress bar is not among them (its host callback cannot be
+cached): pass --no-progress for that.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ import ml_collections
 
 from jax_i2v import media
 from jax_i2v.cli import add_sampling_flags
-from jax_i2v.config_utils import load_config, unet_config
+from jax_i2v.compilation_cache import compile_time, enable_compilation_cache, user_cache_dir
+from jax_i2v.config_utils import attention_setting, load_config, unet_config
 from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.diffusion.lcm import LCMConfig
+from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.pipeline import (
@@ -61,6 +66,7 @@ def parse_args(argv=None):
     weights.add_argument("--unet", help="diffusers-layout unet/ folder (config.json + safetensors)")
     weights.add_argument("--random-params", action="store_true", help="random weights (smoke tests only)")
     src.add_argument("--no-ema", action="store_true", help="with --checkpoint: the raw params even if EMA params were kept")
+    src.add_argument("--attention", choices=IMPLEMENTATIONS, help="attention kernels (default: the config's model.attention, else auto)")
     src.add_argument("--text-len", type=int, help="caption length in tokens (default: config data.text_len, else 77)")
 
     io = p.add_argument_group("input / output")
@@ -84,7 +90,10 @@ def parse_args(argv=None):
     s.add_argument("--chunks", type=int, default=1, help="autoregressive chunks; each adds frames - 1 frames")
     s.add_argument("--num-videos", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar (a sampler with one is compiled every run)")
+    s.add_argument("--compilation-cache", default="", metavar="DIR",
+                   help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
+                   f"{user_cache_dir()}; none: off)")
     args = p.parse_args(argv)
     if args.random_params and not args.config:
         p.error("--random-params needs --config for the architecture")
@@ -99,15 +108,15 @@ def build_pipeline(args) -> tuple[I2VPipeline, ml_collections.ConfigDict | None,
     """The pipeline, the config that gives its defaults (if any), and whether that config is the
     one the weights were trained with (run checkpoints)."""
     if args.pretrained:
-        return I2VPipeline.from_pretrained(args.pretrained), None, False
+        return I2VPipeline.from_pretrained(args.pretrained, attention=args.attention or "auto"), None, False
     if args.checkpoint:
-        pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema)
+        pipe, config = I2VPipeline.from_checkpoint(args.checkpoint, use_ema=not args.no_ema, attention=args.attention)
         return pipe, config, True
     config = load_config(args.config) if args.config else None
     if args.unet:
-        unet, params = load_unet(args.unet)
+        unet, params = load_unet(args.unet, attention=args.attention or "auto")
     else:
-        unet = build_unet(unet_config(config))
+        unet = build_unet(unet_config(config), attention=args.attention or attention_setting(config))
         params = random_params(unet, args.seed)
     text_len = args.text_len or (config.get("data", {}).get("text_len", 77) if config is not None else 77)
     encoder = HashedWordEncoder(text_len, unet.config.cross_attention_dim)
@@ -165,11 +174,15 @@ def run(args) -> dict:
     )
     seconds = time.perf_counter() - start
     paths = save_videos(video, args.out, args.formats, args.fps)
-    return {"files": paths, "shape": list(video.shape), "seconds": round(seconds, 2)}
+    return {"files": paths, "shape": list(video.shape), "seconds": round(seconds, 2), "attention": pipe.unet.attention_implementation.as_dict()}
 
 
 def main(argv=None) -> dict:
-    result = run(parse_args(argv))
+    args = parse_args(argv)
+    enable_compilation_cache(args.compilation_cache, user_cache_dir())
+    with compile_time() as compile_seconds:
+        result = run(args)
+    result["compile_s"] = round(compile_seconds[0], 2)
     print(json.dumps(result))
     sys.stdout.flush()
     return result

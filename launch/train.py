@@ -8,6 +8,8 @@ tflops_per_sec), TensorBoard events under WORKDIR/tensorboard, Orbax checkpoints
 WORKDIR/checkpoints and, every train.sample_every steps, sample videos under WORKDIR/samples. A
 SIGTERM saves and exits; running the same command again resumes. Multi-process runs (one process
 per host) call jax.distributed.initialize first (see launch/train_tpu_pod.sh).
+Compiled programs are kept in WORKDIR/compilation_cache (config key compilation_cache_dir), so a
+restart skips compiling; each start's first metrics record has compile_s, the train step's.
 """
 
 from __future__ import annotations

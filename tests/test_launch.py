@@ -20,8 +20,10 @@ def test_benchmark_prints_one_json_line(reference_dir, reference_unet, capsys):
     assert len(lines) == 1
     result = json.loads(lines[0])
     assert result["params"] == sum(x.size for x in __import__("jax").tree_util.tree_leaves(params))
-    for key in ("compile_s", "fwd_ms", "fwdbwd_ms"):
+    for key in ("compile_s", "fwd_ms", "fwdbwd_ms", "model_tflops_per_s"):
         assert result[key] > 0
+    # A CPU has no bf16 peak to measure MFU against; "auto" picks the CPU kernel.
+    assert result["mfu"] is None and result["attention"]["spatial"] == "blocked"
 
 
 def test_benchmark_rejects_bad_arguments(capsys):

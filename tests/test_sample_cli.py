@@ -24,7 +24,7 @@ def first_image(tmp_path_factory):
 
 SCENARIOS = {
     "frameinit": [],
-    "no_frameinit": ["--frameinit", "none"],
+    "no_frameinit": ["--frameinit", "none", "--attention", "xla"],
     "camera_motion": ["--camera-motion", "pan_right"],
     "three_chunks": ["--chunks", "3"],
     "image_guidance": ["--image-guidance", "1.5", "--frameinit", "butterworth"],
@@ -46,6 +46,9 @@ def test_writes_playable_gif_and_mp4_of_the_requested_shape(scenario, first_imag
     mp4 = iio.imread(f"{out}.mp4", plugin="pyav")
     assert gif.shape == mp4.shape == (length, SIZE, SIZE, 3)
     assert "denoising" in capsys.readouterr().err  # the progress bar
+    # The config's model.attention ("auto": the CPU kernel), or the flag's.
+    kernel = "xla" if scenario == "no_frameinit" else "blocked"
+    assert result["attention"] == {"spatial": kernel, "cross": kernel, "temporal": kernel}
 
 
 def test_bad_arguments_fail_before_sampling(first_image, tmp_path):

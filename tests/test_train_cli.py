@@ -42,7 +42,10 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     workdir = tmp_path / "preempted"
-    process = subprocess.Popen(_command(workdir, data_dir), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # This run in its own compilation cache, the default WORKDIR/compilation_cache, not the suite's:
+    # the restart must load the train step its first start compiled.
+    own_cache = {k: v for k, v in _env().items() if not k.startswith(("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_"))}
+    process = subprocess.Popen(_command(workdir, data_dir), env=own_cache, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.time() + 900
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -55,10 +58,19 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     assert stopped_at < STEPS, "the run finished before the signal arrived"
     assert (workdir / "checkpoints" / str(stopped_at)).is_dir()
 
-    resumed = subprocess.run(_command(workdir, data_dir), env=_env(), capture_output=True, text=True, timeout=900)
+    resumed = subprocess.run(_command(workdir, data_dir), env=own_cache, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step {stopped_at}" in resumed.stderr
     assert _losses(workdir) == reference  # every step, bit for bit
+    # Each start records its compile time with its first step; the restart's came from the cache.
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    first_start, restart = records[0]["compile_s"], records[stopped_at]["compile_s"]
+    print(f"train step compile_s: first start {first_start:.2f}, restart {restart:.2f}")
+    assert any(path.name.startswith("jit_step") for path in (workdir / "compilation_cache").iterdir())
+    assert (records[0]["compile_cache_hit"], records[stopped_at]["compile_cache_hit"]) == (0, 1)
+    # Loading a CPU executable still rebuilds it (3-7 s here against 40-90 s to compile); the 10x
+    # bar is tests/test_compilation_cache.py's, on sample.py.
+    assert restart * 5 <= first_start, (first_start, restart)
 
 
 @pytest.mark.parametrize("overrides,devices,message", [

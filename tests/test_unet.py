@@ -225,7 +225,7 @@ def test_initial_temporal_mixers_switch_frame_mixing_on_or_off(reference_unet, r
     inputs = _inputs(model.config, jax.random.key(2))
     perturbed = dict(inputs, sample=inputs["sample"].at[:, 3].add(1.0))
     for mixer_init, mixes in ((1.0, False), (0.0, True)):
-        params = initial_params(jax.random.key(0), model, text, mixer_init)
+        params = initial_params(jax.random.key(0), model, text.module, mixer_init)
         alphas = [leaf for path, leaf in traverse_util.flatten_dict(params).items() if path[-1] == "alpha"]
         assert alphas and all(float(a[0]) == mixer_init for a in alphas)
         change = np.abs(np.asarray(reference_apply(params, **inputs))[:, 0] - np.asarray(reference_apply(params, **perturbed))[:, 0]).max()

@@ -24,7 +24,8 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jax_i2v.config_utils import config_from_dict, dtype, unet_config
+from jax_i2v.compilation_cache import enable_compilation_cache
+from jax_i2v.config_utils import attention_setting, config_from_dict, unet_from_config
 from jax_i2v.data.media_tfds import load_media_dataset
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
 from jax_i2v.data.video_pipeline import clip_config
@@ -33,7 +34,6 @@ from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
 from jax_i2v.distill.data import FramesAsImages, distill_dataset
 from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings, student_params
 from jax_i2v.models.text_encoder import text_conditioning
-from jax_i2v.models.unet import build_unet
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
@@ -131,6 +131,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
+    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
     loop = config_section(config, "distill", DistillLoopConfig)
     teacher_dict, teacher_all = load_for_inference(config.teacher)
     teacher_config = config_from_dict(teacher_dict)
@@ -141,7 +142,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
     check_batch_size(loop.batch_size, mesh, 1)
     rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
-    unet = build_unet(unet_config(teacher_config), dtype=dtype(teacher_config.get("dtype", "float32")))
+    # The teacher's architecture and dtypes; the kernels this run asks for, on this mesh's devices.
+    unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
+    log.info("attention kernels: %s", unet.attention_implementation.as_dict())
     text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
     encoder = text.encoder(teacher_all["text"]) if text.module is not None else text.encoder()
     teacher = teacher_all["unet"] if text.module is not None else teacher_all

@@ -58,11 +58,12 @@ def benchmark_clips(test_source, num_frames: int, num_videos: int, seed: int) ->
     return clips
 
 
-def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True):
+def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True,
+                       attention: Optional[str] = None):
     """(pipeline, config, clips): a trained model (training workdir, checkpoint or export) and
     `num_videos` held-out clips of its dataset. `data_config`: a config file whose `data` section
-    replaces the saved one (e.g. the dataset has moved)."""
-    pipe, config = I2VPipeline.from_checkpoint(checkpoint, use_ema=use_ema)
+    replaces the saved one (e.g. the dataset has moved); `attention` overrides the run's kernels."""
+    pipe, config = I2VPipeline.from_checkpoint(checkpoint, use_ema=use_ema, attention=attention)
     if data_config:
         config.data = load_config(data_config).data
     data = config.data

@@ -17,17 +17,47 @@ from jax_i2v.models.config import TEMPORAL_NORM_EPS, TEMPORAL_NORM_GROUPS
 Dtype = Any
 
 
-def frame_group_norm(groups: int, eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
+class FrameGroupNorm(nn.Module):
+    """GroupNorm over (H, W, C // groups) of each frame of (..., H, W, C), in at least float32.
+
+    The maths of `nn.GroupNorm(reduction_axes=(-3, -2, -1), use_fast_variance=False)` (two-pass
+    variance, scale and bias per channel), but the statistics are reduced per channel over H, W
+    first and only then per group: XLA:CPU never splits the channel axis of the big activation
+    into (groups, C // groups), which made the flax module's forward and backward 2-3x slower.
+    """
+
+    num_groups: int
+    epsilon: float
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        groups = self.num_groups
+        if c % groups:
+            raise ValueError(f"{c} channels are not divisible into {groups} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        stats_dtype = jnp.promote_types(x.dtype, jnp.float32)
+        count = x.shape[-3] * x.shape[-2] * (c // groups)
+
+        def group_mean(per_channel):  # (..., C) sums -> (..., C): each channel gets its group's mean
+            sums = per_channel.reshape(per_channel.shape[:-1] + (groups, c // groups)).sum(-1, keepdims=True)
+            return jnp.broadcast_to(sums / count, sums.shape[:-1] + (c // groups,)).reshape(per_channel.shape)
+
+        xf = x.astype(stats_dtype)
+        mean = group_mean(jnp.sum(xf, axis=(-3, -2)))
+        centred = xf - mean[..., None, None, :]
+        var = group_mean(jnp.sum(jnp.square(centred), axis=(-3, -2)))
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(stats_dtype)
+        y = centred * mul[..., None, None, :] + bias.astype(stats_dtype)
+        return y.astype(self.dtype)
+
+
+def frame_group_norm(groups: int, eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Module:
     """GroupNorm with statistics per frame, as the reference's (B*F, C, H, W) layout gives."""
-    return nn.GroupNorm(
-        num_groups=groups,
-        epsilon=eps,
-        reduction_axes=(-3, -2, -1),
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
-    )
+    return FrameGroupNorm(num_groups=groups, epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def clamped_mixer(module: nn.Module, name: str = "alpha"):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_i2v.models.attention import IMPLEMENTATIONS, rotary_frequencies
+from jax_i2v.models.attention import AttentionKernels, resolve_attention, rotary_frequencies
 from jax_i2v.models.config import UNetConfig
 from jax_i2v.models.layers import (
     Downsample2D,
@@ -56,7 +56,7 @@ class UNetBlock(nn.Module):
     out_channels: int
     heads: int
     has_attention: bool
-    attention_implementation: str = "auto"
+    attention_implementation: AttentionKernels = AttentionKernels()
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -176,13 +176,13 @@ class VideoUNet(nn.Module):
     config: UNetConfig
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    attention_implementation: str = "auto"
+    attention_implementation: AttentionKernels = AttentionKernels()
     remat_policy: str = "none"
 
     def _check_inputs(self, sample, encoder_hidden_states, first_frame_latents, frame_stride):
         cfg = self.config
-        if self.attention_implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"attention_implementation must be one of {IMPLEMENTATIONS}")
+        if not isinstance(self.attention_implementation, AttentionKernels):
+            raise ValueError(f"attention_implementation must be resolved (build_unet), got {self.attention_implementation!r}")
         if sample.ndim != 5:
             raise ValueError(f"sample must be (B, F, H, W, C) channels-last, got shape {sample.shape}")
         b, f, h, w, c = sample.shape
@@ -291,8 +291,40 @@ class VideoUNet(nn.Module):
         return x[:, 1:] if cfg.conditions_on_first_frame else x
 
 
-def build_unet(config: UNetConfig, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, **kwargs) -> VideoUNet:
-    return VideoUNet(config=config, dtype=dtype, param_dtype=param_dtype, **kwargs)
+def attention_head_widths(config: UNetConfig) -> dict[str, tuple[int, ...]]:
+    """Head width of every attention layer, by kind ("spatial", "cross", "temporal")."""
+    spatial, temporal = [], []
+    has_attention = [t.startswith("CrossAttn") for t in config.down_block_types] + [True]
+    has_attention += [t.startswith("CrossAttn") for t in config.up_block_types]
+    channels = list(config.block_out_channels) + [config.block_out_channels[-1]] + list(reversed(config.block_out_channels))
+    heads = list(config.attention_head_dim) + [config.attention_head_dim[-1]] + list(reversed(config.attention_head_dim))
+    for index, (attends, c, n) in enumerate(zip(has_attention, channels, heads)):
+        if attends:
+            spatial.append(c // n)
+            is_mid = index == len(config.block_out_channels)
+            if config.use_temporal and not is_mid:
+                temporal.append(c // config.n_temp_heads)
+    widths = {"spatial": tuple(sorted(set(spatial))), "temporal": tuple(sorted(set(temporal)))}
+    widths["cross"] = tuple(sorted(set(spatial + temporal)))
+    return widths
+
+
+def build_unet(
+    config: UNetConfig,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    attention: str = "auto",
+    platform: Optional[str] = None,
+    **kwargs,
+) -> VideoUNet:
+    """The video UNet with its attention kernels resolved for `platform`.
+
+    platform: of the devices the model will be compiled for ("cpu", "tpu", "gpu"); default that of
+    `jax.devices()`. Pass the mesh's (or the TPU topology's) when compiling for other devices.
+    """
+    platform = platform or jax.devices()[0].platform
+    kernels = resolve_attention(attention, platform, attention_head_widths(config), dtype)
+    return VideoUNet(config=config, dtype=dtype, param_dtype=param_dtype, attention_implementation=kernels, **kwargs)
 
 
 def apply_unet(model: VideoUNet, params, sample, timesteps, text, first_frame, frame_stride):

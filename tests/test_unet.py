@@ -11,7 +11,7 @@ from flax import traverse_util
 from jax_i2v.models import UNetConfig, build_unet, map_mixers
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import dummy_inputs
-from jax_i2v.train.loop import initial_params
+from jax_i2v.train.experiment import initial_params
 
 
 def _inputs(config, key, batch=2, frames=5, hw=(8, 8), text_len=7):

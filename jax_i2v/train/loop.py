@@ -25,7 +25,7 @@ from jax_i2v.models.unet import VideoUNet
 from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.train.checkpoint import Checkpointer
-from jax_i2v.train.experiment import LoopConfig, build_experiment, initial_params  # noqa: F401 (re-exported)
+from jax_i2v.train.experiment import LoopConfig, build_experiment
 from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
 from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, config_section

@@ -5,7 +5,7 @@ low-quality videos + high-quality images).
 
   python launch/distill.py --config=configs/mcm_tiny.py --workdir=runs/mcm_tiny --config.teacher=runs/tiny
 
-MCM's setting on this CPU (the README's degraded-video table): a teacher on degraded videos, then
+MCM's setting on this CPU (docs/mcm.md's degraded-video table): a teacher on degraded videos, then
 the student, sharper and without the watermark:
 
   python launch/train.py --config=configs/tiny.py --workdir=runs/tiny_degraded --config.data.dataset.quality=degraded
@@ -39,17 +39,16 @@ def get_config():
     # A small frozen ViT with random weights on CPU; at scale kind="dinov2", dir=<launch/convert_backbone.py folder>.
     config.backbone = ml_collections.ConfigDict(dict(kind="vit", image_size=32, patch_size=4, width=64, depth=4, heads=4, hooks=(1, 3)))
     # jax_i2v.distill.step.MCMConfig: MCM's settings, with target guidance scaled down to w in [1, 2]
-    # (CFG 2-3), set when tiny sampled at 2. For the teacher sampled at 1.25, w = 0.25 gave motion
-    # error 0.027 against 0.035 but fvd_proxy 2.79 against 2.55 (README, benchmark seed 3).
+    # (CFG 2-3), set when tiny sampled at 2; for the teacher sampled at 1.25, w = 0.25 trades a lower
+    # motion error for a higher fvd_proxy (docs/mcm.md).
     # The consistency loss on raw latents, not MCM's learnt motion head: the head keeps only what it
-    # learns to keep (10-minute students of the 20-minute tiny teacher, seed 2, with the earlier
-    # fvd_proxy encoder and a discriminator that did not learn: 1.78 raw, 3.50 learnt).
-    # The discriminator as MCM's would not learn here (hinge loss at chance, 2.0, for 500 steps):
-    # DiffAugment's colour jitter and cutout swamp a 32-px frame's blur, noise and watermark, and
-    # the tiny teacher's caption embeddings as the projection's condition stall it; so no
-    # augmentation, one fixed condition and a 10x learning rate. See the README's MCM section.
+    # learns to keep, and its students were worse (docs/mcm.md).
+    # The discriminator as MCM's would not learn here (hinge loss at chance): DiffAugment's colour
+    # jitter and cutout swamp a 32-px frame's blur, noise and watermark, and the tiny teacher's
+    # caption embeddings as the projection's condition stall it; so no augmentation, one fixed
+    # condition and a 10x learning rate (docs/mcm.md).
     # target="ema" (LCM's) is the one that takes a 10x student learning rate: with MCM's
-    # stop-gradient target, gen_lr=1e-3 drives the student off the teacher's ODE (README).
+    # stop-gradient target, gen_lr=1e-3 drives the student off the teacher's ODE (docs/mcm.md).
     config.mcm = ml_collections.ConfigDict(
         dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
              motion="raw", head_ema_decay=0.95, target="stop_gradient", target_ema_decay=0.95, lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,

@@ -46,8 +46,8 @@ def get_config():
             latent_size=8,
             latent_channels=12,
             text_len=16,  # start token + 5 words per object
-            # One stride, the benchmark's: with strides 1-2 the 20-minute model ignored the stride
-            # condition and moved objects at the mean speed, 1.5x too far at stride 1.
+            # One stride, the benchmark's: with several, the 20-minute model ignored the stride
+            # condition and moved objects at their mean speed (docs/results.md).
             stride_range=(1, 1),
             random_flip=True,
             crop="center",  # or "random_resized" (crop_scale: its share of the frame area)
@@ -58,12 +58,10 @@ def get_config():
             dir="data/moving_shapes",
             build_if_missing=True,
             # The stored dataset (jax_i2v.data.moving_shapes_tfds.MovingShapesBuilderConfig). Objects
-            # move about their radius in an 8-frame clip at stride 1 (1.8-3.6 px): a small UNet learns the caption's direction when
-            # it only has to shift an object locally (1 object, trained on pure noise: x0 error with
-            # reversed captions +60% after 580 steps), not when objects travel across the frame
-            # (the generator's default speeds: +0.03% after 590 steps). One object per video: with two,
-            # tying each object to its own words took the 20-minute model past its budget (direction
-            # accuracy 0.48 after 2790 steps; 0.97 with one object after 2290).
+            # move about their radius in an 8-frame clip at stride 1 (1.8-3.6 px): a small UNet learns
+            # the caption's direction when it only has to shift an object locally, not when objects
+            # travel across the frame. One object per video: with two, tying each object to its own
+            # words takes the 20-minute model past its budget (docs/results.md).
             dataset=dict(num_frames=32, resolution=32, max_objects=1, min_radius=0.1, max_radius=0.18,
                          min_speed=0.008, max_speed=0.016, train_examples=2000, test_examples=64, seed=0,
                          # "degraded": blurred (gaussian, blur_sigma px), noisy, watermarked (MCM's low-quality videos).
@@ -92,9 +90,8 @@ def get_config():
     config.objective = ml_collections.ConfigDict(
         # Half the clips are drawn from the noisiest fifth of the timesteps, where only the caption
         # says where objects go. No first-frame dropout: it only serves image guidance, which this
-        # config does not sample with; without it, the same 1930 steps gave background PSNR 27.3
-        # against 25.9, fvd_proxy 1.8-1.9 against 2.4-2.5 and motion error 0.027-0.030 against
-        # 0.029-0.032 (README, benchmark seeds 1-3).
+        # config does not sample with, and the model trained without it scores better in drift,
+        # background PSNR, motion error and fvd_proxy (docs/results.md).
         dict(prediction_type="v_prediction", noise_alpha=1.0, first_frame_dropout=0.0, text_dropout=0.1,
              timestep_bias_multiplier=4.0, timestep_bias_portion=0.2)
     )
@@ -114,7 +111,7 @@ def get_config():
     config.train = ml_collections.ConfigDict(
         dict(
             batch_size=4,
-            # Whichever comes first: `steps` or the wall-clock budget (the README's 20-minute run).
+            # Whichever comes first: `steps` or the wall-clock budget (the README's main job).
             steps=20000,
             time_limit_minutes=20.0,
             seed=42,
@@ -136,16 +133,13 @@ def get_config():
     )
     # How runs of this config are sampled (launch/evaluate.py, launch/sample.py, training previews;
     # the ablations' switch for FrameInit). Text guidance 1.25, not the release's 7.5: guidance
-    # extrapolates away from the caption-free prediction, so it scales how far objects travel. At 2
-    # they went 3.3 px over the 8 frames against the truth's 2.7 (7.5 had doubled the motion error of
-    # an earlier model); at 1.25, 2.5 px. Motion error on benchmark seed 1 at guidance 1 / 1.25 /
-    # 1.5 / 1.75 / 2: 0.024 / 0.024 / 0.025 / 0.026 / 0.029 (README).
+    # extrapolates away from the caption-free prediction, so it scales how far objects travel, and
+    # larger scales carry them past the true motion (docs/results.md).
     # eta 1 (fresh noise at every step, as in DDPM) rather than deterministic DDIM: the 20-minute
-    # model's objects strayed less (motion error 0.032 against 0.043 on benchmark seed 1).
+    # model's objects stray less.
     # eta's fresh noise independent per frame (fresh_noise_alpha 0), not mixed like the training noise
-    # (the default, what the posterior has): mixed gave smoother clips closer to the data (smoothness
-    # 0.026-0.027 against 0.031-0.032, fvd_proxy 1.9-2.1 against 2.5) but placed objects worse,
-    # motion error 0.033-0.034 against 0.030-0.032 on benchmark seeds 1 and 2 (README).
+    # (the default, what the posterior has): mixed gives smoother clips closer to the data but
+    # places objects worse.
     config.sampling = ml_collections.ConfigDict(
         dict(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian")
     )

@@ -44,15 +44,22 @@ def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
                             help=f"{what} (default: config sampling.{key}, else {fallback})")
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason its message gives in full (e.g. a diverged loss)."""
+
+
 @contextlib.contextmanager
 def exit_on_user_error():
     """Bad input (ValueError, FileNotFoundError, FileExistsError) ends the program with `error: ...` on stderr and
-    exit status 2, like argparse, instead of a traceback."""
+    exit status 2, like argparse, instead of a traceback; a `RunError` likewise, with status 1."""
     try:
         yield
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _check_override_keys(argv) -> None:

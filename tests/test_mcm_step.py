@@ -61,9 +61,14 @@ def _run(setup, mesh, steps=2):
     teacher, backbone_params = jax.device_put(teacher, teacher_sharding), jax.device_put(backbone_params, backbone_sharding)
     history = []
     for _ in range(steps):
-        state, metrics = step(state, teacher, backbone_params, batch, jax.random.key(7))
+        state, metrics = step(state, batch, teacher, backbone_params, jax.random.key(7))
         history.append(jax.device_get(metrics))
-    return initial, jax.device_get(state), history
+    trained = jax.device_get(state)
+    # Then one step on a poisoned batch, which the step must skip.
+    poisoned = {**batch, "latents": np.array(batch["latents"])}
+    poisoned["latents"][0, 1, 0, 0, 0] = np.nan
+    after_nan, nan_metrics = step(state, poisoned, teacher, backbone_params, jax.random.key(7))
+    return initial, trained, history, (jax.device_get(after_nan), jax.device_get(nan_metrics))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def single(setup):
 
 @pytest.mark.slow
 def test_one_step_trains_student_head_and_discriminator(single):
-    initial, state, history = single
+    initial, state, history, _ = single
     assert int(state.step) == 2
     for metrics in history:
         assert all(np.isfinite(v) for v in metrics.values()), metrics
@@ -88,9 +93,20 @@ def test_one_step_trains_student_head_and_discriminator(single):
 
 
 @pytest.mark.slow
+def test_a_nonfinite_step_changes_nothing_but_the_step(single):
+    _, trained, history, (after_nan, nan_metrics) = single
+    assert [m["nonfinite"] for m in history] == [0.0] * len(history)
+    assert nan_metrics["nonfinite"] == 1.0 and not np.isfinite(nan_metrics["g_loss"])
+    assert int(after_nan.step) == int(trained.step) + 1
+    for field in ("student", "target", "head", "head_ema", "disc", "disc_stats", "gen_opt_state", "disc_opt_state", "gp_weight", "gp_quiet_steps"):
+        for a, b in zip(jax.tree_util.tree_leaves(getattr(after_nan, field)), jax.tree_util.tree_leaves(getattr(trained, field))):
+            np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+@pytest.mark.slow
 def test_eight_devices_equal_one(setup, single):
-    _, expected, expected_history = single
-    _, state, history = _run(setup, create_mesh({"data": 4, "fsdp": 2}))
+    _, expected, expected_history, _ = single
+    _, state, history, _ = _run(setup, create_mesh({"data": 4, "fsdp": 2}))
     for a, b in zip(history, expected_history):
         for key in a:
             np.testing.assert_allclose(a[key], b[key], rtol=2e-4, atol=1e-5, err_msg=key)

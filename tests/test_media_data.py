@@ -16,7 +16,7 @@ from jax_i2v import media
 from jax_i2v.data import sources
 from jax_i2v.data.decode import SkipReason, decode_frames, decode_image
 from jax_i2v.data.media_tfds import build_media_dataset, load_media_dataset, read_manifest
-from jax_i2v.data.video_pipeline import ClipConfig, image_dataset, make_clip, mcm_clips, training_dataset
+from jax_i2v.data.video_pipeline import UNREADABLE_KEY, ClipConfig, image_dataset, make_clip, mcm_clips, training_dataset
 
 from media_inputs import FRAMES, MIN_FRAMES, RESOLUTION, write_image_inputs, write_video_inputs
 
@@ -166,6 +166,26 @@ def test_built_video_datasets_stream_through_grain(jsonl_build):
     for _ in range(3):  # 9 clips of 4 videos: past an epoch
         batch = next(batches)
         assert batch["video"].shape == (3, 4, 16, 16, 3) and len(batch["caption"]) == 3
+
+
+def test_a_video_that_no_longer_decodes_is_replaced_and_counted(jsonl_build):
+    source = load_media_dataset(jsonl_build)
+    examples = [dict(source[i]) for i in range(len(source))]
+    examples[1]["video"] = examples[1]["video"][: len(examples[1]["video"]) // 3]  # changed after the build
+    config = ClipConfig(num_frames=4, resolution=16, stride_range=(1, 5))
+
+    def unreadable_counts():
+        batches = iter(training_dataset(examples, config, 3, seed=0, read_threads=2))
+        counts = []
+        for _ in range(3):  # 9 clips: the damaged video's turn comes twice
+            batch = next(batches)
+            assert batch["video"].shape == (3, 4, 16, 16, 3) and np.isfinite(batch["video"]).all()
+            counts.append(int(batch[UNREADABLE_KEY].sum()))
+        return counts
+
+    counts = unreadable_counts()
+    assert sum(counts) >= 2
+    assert unreadable_counts() == counts  # the replacements are drawn from each clip's own rng
 
 
 def test_a_rebuild_reuses_the_dataset_and_other_inputs_under_the_same_name_fail(inputs, jsonl_build):

@@ -118,7 +118,8 @@ def probe_video(data: bytes) -> VideoInfo:
 
 def decode_frames(data: bytes, indices: Sequence[int]) -> np.ndarray:
     """Frames `indices` (any order, repeats allowed) of an encoded video -> (len(indices), H, W, 3)
-    uint8. Decodes from the start up to the largest index and converts only the frames asked for."""
+    uint8. Decodes from the start up to the largest index and converts only the frames asked for;
+    SkipReason if the video no longer decodes that far."""
     indices = np.asarray(indices, np.int64)
     if indices.size == 0 or indices.min() < 0:
         raise ValueError(f"frame indices must be non-negative and not empty, got {indices}")
@@ -129,15 +130,18 @@ def decode_frames(data: bytes, indices: Sequence[int]) -> np.ndarray:
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for position, frame in enumerate(container.decode(stream)):
-            if position in wanted:
-                frames[position] = frame.to_ndarray(format="rgb24")
-            if position >= last:
-                break
+        try:
+            for position, frame in enumerate(container.decode(stream)):
+                if position in wanted:
+                    frames[position] = frame.to_ndarray(format="rgb24")
+                if position >= last:
+                    break
+        except av.FFmpegError as error:
+            raise SkipReason("corrupt_video", f"after {len(frames)} wanted frames: {error}") from None
     finally:
         container.close()
     if last not in frames:
-        raise ValueError(f"frame {last} asked for, but the video has {len(frames) and max(frames) + 1} or fewer frames")
+        raise SkipReason("truncated_video", f"frame {last} asked for, but {len(frames) and max(frames) + 1} or fewer frames decode")
     return np.stack([frames[i] for i in indices.tolist()])
 
 

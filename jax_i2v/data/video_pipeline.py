@@ -19,6 +19,7 @@ with checkpoints so a resumed run sees the same data order.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import Any, Callable, Optional, Sequence
 
@@ -27,10 +28,15 @@ import numpy as np
 from absl import flags
 
 from jax_i2v import media
-from jax_i2v.data.decode import decode_frames, decode_image
+from jax_i2v.data.decode import SkipReason, decode_frames, decode_image
 from jax_i2v.text import caption_text
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b")
+log = logging.getLogger(__name__)
+# Per clip: how many videos failed to decode and were replaced before it (summed per batch).
+UNREADABLE_KEY = "unreadable_videos"
+# Replacements tried for one clip before the stream stops with an error.
+MAX_REPLACEMENTS = 16
 
 
 CROPS = ("center", "random_resized")
@@ -158,6 +164,24 @@ def make_image(example: dict, resolution: int, rng: np.random.Generator, crop_sc
     return {"image": media.to_model_range(crop), "caption": caption_text(example["caption"])}
 
 
+def replacing_unreadable(element_fn, source):
+    """`element_fn(example, rng)` where an example that no longer decodes (changed after the dataset
+    was built) is replaced by one drawn with the same rng, so batches stay full and deterministic;
+    each result counts the replacements under `UNREADABLE_KEY`."""
+
+    def element(example, rng):
+        for replaced in range(MAX_REPLACEMENTS + 1):
+            try:
+                return {**element_fn(example, rng), UNREADABLE_KEY: np.int32(replaced)}
+            except SkipReason as reason:
+                name = caption_text(example.get("source", b"")) or "a video"
+                log.warning("skipped %s, which no longer decodes (%s)", name, reason)
+                example = source[int(rng.integers(len(source)))]
+        raise RuntimeError(f"{MAX_REPLACEMENTS + 1} videos in a row failed to decode: is the dataset damaged?")
+
+    return element
+
+
 def read_options(read_threads: int) -> grain.ReadOptions:
     # Each thread makes whole batches; a few batches ahead per thread, not Grain's default 500
     # (hundreds of MB per batch at 16 x 256 x 256 frames).
@@ -194,11 +218,12 @@ def training_dataset(
     """This host's rows of an infinite stream of global batches of clips (see `batched_stream`):
     training on 1 or N hosts sees the same data. With `caption_transform` (prompts -> array, e.g.
     embeddings or token ids), batches carry its output under `caption_key` instead of the caption
-    strings; `clip_caption` as in `make_clip`. `read_threads` make batches in parallel; with
+    strings; `clip_caption` as in `make_clip`. A video that fails to decode is replaced
+    (`replacing_unreadable`) and counted in the batch's `UNREADABLE_KEY`. `read_threads` make batches in parallel; with
     `num_workers` > 0 they run in that many worker processes (video decoding at scale), with the
     same batches and a checkpointable state either way."""
-    ds = batched_stream(source, lambda example, rng: make_clip(example, config, rng, clip_caption), global_batch_size, seed,
-                         shard_index, shard_count, read_threads)
+    clip = replacing_unreadable(lambda example, rng: make_clip(example, config, rng, clip_caption), source)
+    ds = batched_stream(source, clip, global_batch_size, seed, shard_index, shard_count, read_threads)
     ds = ds.to_iter_dataset(read_options(read_threads))
     if num_workers:
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; programs without absl never parse them

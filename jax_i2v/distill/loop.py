@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 
 from jax_i2v.compilation_cache import enable_compilation_cache
 from jax_i2v.config_utils import attention_setting, config_from_dict, unet_from_config
@@ -38,9 +37,10 @@ from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
 from jax_i2v.pipeline import noise_alpha_from_config
-from jax_i2v.train.checkpoint import Checkpointer, export_params, load_for_inference
+from jax_i2v.train.checkpoint import export_params, load_for_inference
 from jax_i2v.train.inputs import video_sources
-from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, config_section
+from jax_i2v.train.runner import RunSettings, run_steps
+from jax_i2v.train.runtime import config_section
 from jax_i2v.train.step import check_batch_size
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,12 @@ class DistillLoopConfig:
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
     time_limit_minutes: float = 0.0  # as pretraining's: 0 means none
+    max_nonfinite_steps: int = 10  # as pretraining's: skipped non-finite steps in a row that stop the run
     gen_lr: float = 5e-6  # MCM's student learning rate
     disc_lr: float = 1e-4  # and its discriminator's
 
     def __post_init__(self):
-        for name in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not isinstance(self.steps, int) or self.steps < 0 or self.time_limit_minutes < 0:
@@ -169,13 +170,6 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                              mcm.disc_frames, tuple(images.get("crop_scale", (0.5, 1.0))), jax.process_index(), jax.process_count(),
                              clip_caption, data.get("read_threads", 16))
     data_iter = iter(stream)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep_checkpoints)
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(abstract, shardings, data_iter)
-        log.info("resumed from step %d", int(state.step))
-    else:
-        state = jax.jit(init, out_shardings=shardings)(init_rng, teacher)
-
     null_text = encoder.encode([""])[0]
     # A lossy codec (the CPU configs' block DCT) drops detail the student cannot draw; real images
     # that keep it would teach the discriminator the codec, not the videos' flaws.
@@ -202,45 +196,13 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         }
         return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()}
 
-    step = start_step = int(state.step)
-    metrics_log = MetricsLog(workdir, step, config.get("tensorboard", True))
-    preemption = Preemption()
-    cadence = Cadence(loop.steps, loop.log_every, loop.checkpoint_every, loop.time_limit_minutes, started)
-    bar = tqdm.tqdm(total=loop.steps, initial=step, desc="distilling", unit="step", disable=jax.process_index() != 0)
-    last: dict[str, Any] = {}
-    window_start, window_steps = time.perf_counter(), 0
-
-    def save():
-        checkpointer.save(step, state, data_iter, config.to_dict())
-
-    try:
-        while step < loop.steps:
-            state, metrics = step_fn(state, teacher, backbone_params, global_batch(next(data_iter)), step_rng)
-            step += 1
-            window_steps += 1
-            if step == start_step + 1:  # the first step compiles: time from here
-                jax.block_until_ready(state)
-                window_start, window_steps = time.perf_counter(), 0
-            bar.update(1)
-            log_now, save_now, out_of_time = cadence.after(step)
-            if log_now:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics["steps_per_sec"] = window_steps / (time.perf_counter() - window_start) if window_steps else float("nan")
-                window_start, window_steps = time.perf_counter(), 0
-                last = {"step": step, **metrics}
-                metrics_log.write(step, metrics)
-                bar.set_postfix(cd=f"{metrics['cd_loss']:.4f}", d=f"{metrics['d_loss']:.3f}")
-            if save_now:
-                save()
-            if cadence.should_stop(step, out_of_time, preemption):
-                save()
-                break
-        student = jax.device_get(student_params(state, teacher, mcm))
-        params = {**teacher_all, "unet": student} if text.module is not None else student
-        export_params(os.path.join(workdir, STUDENT_DIR), params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
-    finally:
-        preemption.restore()
-        checkpointer.close()
-        bar.close()
-        metrics_log.close()
-    return last
+    result = run_steps(
+        workdir, RunSettings.of(loop), abstract, shardings, lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
+        step_fn, lambda: global_batch(next(data_iter)), extra_args=(teacher, backbone_params, step_rng),
+        data_iterator=data_iter, config_dict=config.to_dict(), tensorboard=config.get("tensorboard", True),
+        started=started, desc="distilling", postfix=lambda m: {"cd": f"{m['cd_loss']:.4f}", "d": f"{m['d_loss']:.3f}"},
+    )
+    student = jax.device_get(student_params(result.state, teacher, mcm))
+    params = {**teacher_all, "unet": student} if text.module is not None else student
+    export_params(os.path.join(workdir, STUDENT_DIR), params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
+    return result.last_metrics

@@ -10,7 +10,6 @@ target alike; only frames 2..F are noised, denoised and compared.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -38,6 +37,7 @@ from jax_i2v.distill.discriminator import (
 from jax_i2v.distill.motion import MOTION_REPRESENTATIONS, SpatialHead, motion_representation
 from jax_i2v.models.unet import VideoUNet, apply_unet
 from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, params_shardings
+from jax_i2v.train.step import NONFINITE_METRIC, skip_nonfinite
 
 Batch = Mapping[str, jax.Array]
 TARGETS = ("stop_gradient", "ema")
@@ -296,7 +296,7 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     (_, (d_loss, penalty, stats)), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(state.disc, stats)
     disc_updates, disc_opt_state = models.disc_optimizer.update(disc_grads, state.disc_opt_state, state.disc)
     grow = (state.gp_quiet_steps > 500) & (penalty >= 100.0)
-    metrics = {**metrics, "g_loss": gen_loss, "d_loss": d_loss, "gp": penalty, "student_grad_norm": optax.tree.norm(grads["student"])}
+    student_grad_norm, disc_grad_norm = optax.tree.norm(grads["student"]), optax.tree.norm(disc_grads)
     new_state = state.replace(
         step=state.step + 1,
         student=trained["student"],
@@ -310,30 +310,45 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
         gp_weight=jnp.where(grow, state.gp_weight * 5.0, state.gp_weight),
         gp_quiet_steps=jnp.where(grow, 0, state.gp_quiet_steps + 1),
     )
+    new_state, nonfinite = skip_nonfinite(state, new_state, gen_loss, d_loss, penalty, student_grad_norm, disc_grad_norm)
+    metrics = {**metrics, "g_loss": gen_loss, "d_loss": d_loss, "gp": penalty, "student_grad_norm": student_grad_norm,
+               NONFINITE_METRIC: nonfinite}
     return new_state, metrics
 
 
 def make_mcm_step(models: MCMModels, config: MCMConfig, mesh: Mesh, state_sharding, teacher_sharding, backbone_sharding, rules=DEFAULT_RULES):
-    """step(state, teacher, backbone_params, batch, rng) -> (state, metrics) jitted on `mesh`:
-    batch arrays split over data x fsdp, the state donated, every random draw from
-    fold_in(rng, step) (the same whatever the mesh)."""
+    """step(state, batch, teacher, backbone_params, rng) -> (state, metrics) jitted on `mesh` (and
+    `step.lower` with the same arguments): batch arrays split over data x fsdp, the state donated,
+    every random draw from fold_in(rng, step) (the same whatever the mesh). A non-finite loss or
+    gradient norm skips the whole update (`skip_nonfinite`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    step = functools.partial(mcm_step, models=models, config=config)
+
+    def step(state, batch, teacher, backbone_params, rng):
+        return mcm_step(state, teacher, backbone_params, batch, rng, models=models, config=config)
+
     compiled = {}
 
-    def run(state, teacher, backbone_params, batch, rng):
+    def jitted(batch):
         signature = tuple(sorted((k, jnp.ndim(v)) for k, v in batch.items()))
         if signature not in compiled:
             batch_shardings = {k: batch_sharding(mesh, jnp.ndim(v), rules) for k, v in batch.items()}
             compiled[signature] = jax.jit(
                 step,
-                in_shardings=(state_sharding, teacher_sharding, backbone_sharding, batch_shardings, replicated),
+                in_shardings=(state_sharding, batch_shardings, teacher_sharding, backbone_sharding, replicated),
                 out_shardings=(state_sharding, replicated),
                 donate_argnums=(0,),
             )
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return compiled[signature](state, teacher, backbone_params, batch, rng)
+        return compiled[signature]
 
+    def run(state, batch, teacher, backbone_params, rng):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(batch)(state, batch, teacher, backbone_params, rng)
+
+    def lower(state, batch, teacher, backbone_params, rng):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return jitted(batch).lower(state, batch, teacher, backbone_params, rng)
+
+    run.lower = lower
     return run
 
 

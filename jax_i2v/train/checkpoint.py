@@ -8,14 +8,27 @@ mesh than the one that saved. Each host saves its own Grain iterator state.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Optional
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
+from jax_i2v.cli import RunError
 from jax_i2v.train.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _abstract(state: TrainState, shardings: TrainState) -> TrainState:
@@ -55,6 +68,36 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_newest_good(self, state_like: TrainState, shardings: TrainState, data_iterator=None) -> Optional[TrainState]:
+        """`restore` of the newest checkpoint that restores, or None when there is none at all.
+
+        A checkpoint that fails (a file truncated or missing) is logged with its step, renamed
+        `STEP.damaged` (kept for inspection, out of the way of the step's next save) and the one
+        before it tried. Every process must succeed on the same step; when none restores, raises.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, error = self.restore(state_like, shardings, data_iterator, step=step), None
+            except Exception as exception:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+                state, error = None, exception
+            if _all_processes_agree(error is None):
+                self._saved_step = step
+                return state
+            log.warning("checkpoint at step %d is damaged and was set aside (%s): trying the previous one",
+                        step, f"{type(error).__name__}: {error}".splitlines()[0][:300] if error else "failed on another process")
+            self._set_aside(step)
+        if self.manager.all_steps():
+            raise RunError(f"no checkpoint in {self.directory} could be restored (each was renamed STEP.damaged)")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            path = os.path.join(self.directory, str(step))
+            os.replace(path, f"{path}.damaged")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self.manager.reload()
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -75,6 +75,8 @@ class LoopConfig:
     # Wall-clock budget of one invocation in minutes, compilation included (0: none): the run then
     # stops at the first logged step past it, saving a checkpoint and sample videos as at the end.
     time_limit_minutes: float = 0.0
+    # A step with a non-finite loss or gradient norm is skipped; this many in a row stop the run.
+    max_nonfinite_steps: int = 10
     # Initial value of every temporal alpha mixer (output = alpha * input + (1 - alpha) * temporal
     # layer). 1, the reference's, starts the temporal layers switched off, which suits inflating a
     # pretrained image UNet; from scratch, 0 (plain residual layers) lets frames learn their motion
@@ -85,7 +87,8 @@ class LoopConfig:
     init_from_image_unet: str = ""
 
     def __post_init__(self):
-        positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps")
+        positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps",
+                    "max_nonfinite_steps")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -22,6 +22,8 @@ from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
 from jax_i2v.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
+# The metric every step reports: 1.0 where a non-finite loss or gradient norm skipped the update.
+NONFINITE_METRIC = "nonfinite"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,14 @@ def compiled_flops(compiled) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
+def skip_nonfinite(old_state, new_state, *values: jax.Array):
+    """(`new_state`, 0.0) when every value (losses, gradient norms) is finite; else (`old_state`
+    with only its step advanced, 1.0): parameters, optimizer state and EMA stay as they were."""
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
+    kept = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, old_state)
+    return kept.replace(step=new_state.step), 1.0 - finite.astype(jnp.float32)
+
+
 def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int):
     """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch)."""
     grad_fn = jax.value_and_grad(loss_fn)
@@ -104,7 +114,8 @@ def make_train_step(
 
     The step's randomness is `fold_in(rng, state.step)`: the same draws whatever the mesh, and a
     resumed run continues the same stream. Batch arrays are split on their leading dimension over
-    data x fsdp; metrics (loss, grad_norm, lr) are replicated scalars. `state` is donated.
+    data x fsdp; metrics (loss, grad_norm, lr, nonfinite) are replicated scalars. `state` is donated.
+    A non-finite loss or gradient norm skips the update (`skip_nonfinite`).
     """
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -116,8 +127,11 @@ def make_train_step(
         ema = state.ema_params
         if ema is not None:
             ema = optax.incremental_update(params, ema, step_size=1.0 - config.ema_decay)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": learning_rate(state.step)}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics
+        grad_norm = optax.tree.norm(grads)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        new_state, nonfinite = skip_nonfinite(state, new_state, loss, grad_norm)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(state.step), NONFINITE_METRIC: nonfinite}
+        return new_state, metrics
 
     def batch_shardings(batch: Batch):
         return {key: batch_sharding(mesh, jnp.ndim(value), rules) for key, value in batch.items()}

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import sys
+from typing import Callable
 
 # Each key of `jax_i2v.pipeline.SAMPLING_DEFAULTS`: (type, what it sets, its fallback when the
 # default there is None).
@@ -42,6 +43,30 @@ def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         choices = FILTER_TYPES + ("none",) if key == "frameinit" else None
         parser.add_argument(sampling_flag(key), type=kind, choices=choices,
                             help=f"{what} (default: config sampling.{key}, else {fallback})")
+
+
+def define_distributed_flags() -> Callable[[], None]:
+    """The multi-process flags of the run launchers (train.py, distill.py); returns the function
+    that starts JAX's distributed runtime from them (a no-op without --distributed)."""
+    from absl import flags
+
+    distributed = flags.DEFINE_bool(
+        "distributed", False, "call jax.distributed.initialize() (one process per host; on Cloud TPU it needs no other flags)")
+    coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (clusters without auto-detection)")
+    num_processes = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
+    process_id = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
+    cpu_collectives = flags.DEFINE_bool("cpu_collectives", False, "gloo collectives between CPU processes (tests, CPU clusters)")
+
+    def initialize() -> None:
+        if not distributed.value:
+            return
+        import jax
+
+        if cpu_collectives.value:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator.value, num_processes.value, process_id.value)
+
+    return initialize
 
 
 class RunError(RuntimeError):

@@ -20,12 +20,12 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_i2v.cli import exit_on_user_error, parse_flags_with_config, quiet_library_logs
+from jax_i2v.cli import define_distributed_flags, exit_on_user_error, parse_flags_with_config, quiet_library_logs
 from jax_i2v.distill.loop import distill
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/mcm_*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and the student go")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() (one process per host)")
+_START_DISTRIBUTED = define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,10 +33,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     quiet_library_logs()
-    if _DISTRIBUTED.value:
-        import jax
-
-        jax.distributed.initialize()
+    _START_DISTRIBUTED()
     with exit_on_user_error():
         distill(_CONFIG.value, _WORKDIR.value)
 

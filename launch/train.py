@@ -19,18 +19,12 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from jax_i2v.cli import exit_on_user_error, parse_flags_with_config, quiet_library_logs
+from jax_i2v.cli import define_distributed_flags, exit_on_user_error, parse_flags_with_config, quiet_library_logs
 from jax_i2v.train.loop import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics go")
-_DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "call jax.distributed.initialize() (multi-process runs; on Cloud TPU it needs no other flags)"
-)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (clusters without auto-detection)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
-_CPU_COLLECTIVES = flags.DEFINE_bool("cpu_collectives", False, "use gloo collectives between CPU processes (testing)")
+_START_DISTRIBUTED = define_distributed_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,12 +32,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     quiet_library_logs()
-    if _DISTRIBUTED.value:
-        import jax
-
-        if _CPU_COLLECTIVES.value:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _START_DISTRIBUTED()
     with exit_on_user_error():
         train(_CONFIG.value, _WORKDIR.value)
 

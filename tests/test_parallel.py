@@ -15,7 +15,7 @@ from jax_i2v.parallel.mesh import create_mesh, resolve_axis_sizes
 from jax_i2v.parallel.partitioning import params_logical_axes, params_shardings, rules_from_config
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.state import state_from_params, state_shardings
-from jax_i2v.train.step import StepConfig, make_train_step, unet_loss_fn
+from jax_i2v.train.step import StepConfig, make_train_step, micro_batches, unet_loss_fn
 
 # Adam's first update is lr * g / (|g| + eps): with eps = 1e-8 a gradient entry that is zero up to
 # float rounding flips sign between reductions orders. A larger eps keeps the update a smooth
@@ -114,6 +114,27 @@ def test_gradient_accumulation_equals_the_full_batch():
     np.testing.assert_allclose(metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-5)
     np.testing.assert_allclose(accumulated.params["proj"]["kernel"], full.params["proj"]["kernel"], rtol=1e-5, atol=1e-7)
     assert accumulated.params["proj"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+
+
+def test_micro_batches_keep_the_batch_layout():
+    """Each device's rows split between micro-batches: the compiled step moves no batch data."""
+    mesh = create_mesh({"data": 8})
+    optimizer = make_optimizer(OPTIM)
+    params = {"proj": {"kernel": np.zeros((32, 16), np.float32)}}
+    state = state_from_params(params, optimizer, mesh)
+    loss_fn = lambda p, batch, null_text, rng: jnp.mean(jnp.square(batch["x"] @ p["proj"]["kernel"] - batch["y"]))  # noqa: E731
+    batch = {"x": np.zeros((32, 32), np.float32), "y": np.zeros((32, 16), np.float32)}
+    hlo = {}
+    for steps in (1, 4):
+        step = make_train_step(loss_fn, optimizer, learning_rate_schedule(OPTIM), state_shardings(state, optimizer, mesh), mesh,
+                               config=StepConfig(grad_accum_steps=steps))
+        hlo[steps] = step.lower(state, batch, np.zeros((1,), np.float32), jax.random.key(0)).compile().as_text()
+    moves = ("all-to-all", "collective-permute", "all-gather")
+    assert not any(op in hlo[4] for op in moves), [op for op in moves if op in hlo[4]]
+    # Gradients are still summed across devices: the property above is not an empty program's.
+    assert hlo[4].count("all-reduce(") >= hlo[1].count("all-reduce(") > 0
+    micro = micro_batches({"x": jnp.arange(16)}, 4, create_mesh({"data": 2}, devices=jax.devices()[:2]))["x"]
+    np.testing.assert_array_equal(micro[1], [1, 5, 9, 13])  # rows 1 and 5 on device 0, 9 and 13 on device 1
 
 
 def test_ema_follows_the_params():

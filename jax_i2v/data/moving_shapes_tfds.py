@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 
@@ -112,6 +114,14 @@ def build_moving_shapes(data_dir: str, **config) -> MovingShapes:
     builder = MovingShapes(config=builder_config(**config), data_dir=os.fspath(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return builder
+
+
+def build_moving_shapes_on_process_zero(data_dir: str, **config) -> None:
+    """`build_moving_shapes` by process 0 while the others wait for it (every process then loads it)."""
+    if jax.process_index() == 0:
+        build_moving_shapes(data_dir, **config)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"moving shapes built in {data_dir}")
 
 
 def load_moving_shapes(data_dir: str, split: str = "train", **config):

@@ -26,7 +26,7 @@ import numpy as np
 from jax_i2v.compilation_cache import enable_compilation_cache
 from jax_i2v.config_utils import attention_setting, config_from_dict, unet_from_config
 from jax_i2v.data.media_tfds import load_media_dataset
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
+from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
 from jax_i2v.data.video_pipeline import clip_config
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
@@ -101,8 +101,7 @@ def _images(settings: ml_collections.ConfigDict, teacher_data: ml_collections.Co
     source = settings.get("source", "moving_shapes")
     if source == "moving_shapes":
         dataset = image_dataset_settings(settings, teacher_data)
-        if jax.process_index() == 0:
-            build_moving_shapes(settings.dir, **dataset)
+        build_moving_shapes_on_process_zero(settings.dir, **dataset)
         return FramesAsImages(load_moving_shapes(settings.dir, "train", **dataset), dataset["num_frames"])
     if source == "image_text":
         return load_media_dataset(settings.dir)

@@ -19,13 +19,12 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 
 from jax_i2v import media
 from jax_i2v.data import moving_shapes
 from jax_i2v.data.latent_cache import LatentCacheSource, cache_settings, check_matches
 from jax_i2v.data.media_tfds import load_media_dataset
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes, load_moving_shapes
+from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
 from jax_i2v.data.video_pipeline import batched_stream, clip_config, read_options, training_dataset, video_frames
 from jax_i2v.models.text_encoder import TextConditioning
 from jax_i2v.models.vae import LatentCodec
@@ -66,10 +65,8 @@ def video_sources(data: ml_collections.ConfigDict):
     source_name = _source_name(data)
     if source_name == "moving_shapes":
         settings = data.dataset.to_dict()
-        if data.get("build_if_missing", False) and jax.process_index() == 0:
-            build_moving_shapes(data.dir, **settings)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices("dataset built")
+        if data.get("build_if_missing", False):
+            build_moving_shapes_on_process_zero(data.dir, **settings)
         # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
         return load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings), moving_shapes.clip_caption
     if source_name == "videos":

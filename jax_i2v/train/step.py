@@ -83,12 +83,24 @@ def skip_nonfinite(old_state, new_state, *values: jax.Array):
     return kept.replace(step=new_state.step), 1.0 - finite.astype(jnp.float32)
 
 
-def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int):
+def micro_batches(batch: Batch, steps: int, mesh: Mesh, rules=DEFAULT_RULES) -> Batch:
+    """(B, ...) arrays -> (steps, B / steps, ...), micro-batch s holding rows s, s + steps, ... so
+    each device's rows split evenly between micro-batches: every micro-batch keeps the batch's
+    sharding over data x fsdp, and splitting moves no data between devices."""
+
+    def split(x):
+        micro = jnp.swapaxes(x.reshape((x.shape[0] // steps, steps) + x.shape[1:]), 0, 1)
+        spec = batch_sharding(mesh, x.ndim, rules).spec
+        return jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, PartitionSpec(None, *spec)))
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int, mesh: Mesh, rules):
     """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch)."""
     grad_fn = jax.value_and_grad(loss_fn)
     if steps == 1:
         return grad_fn(params, batch, null_text, rng)
-    micro = jax.tree_util.tree_map(lambda x: x.reshape((steps, x.shape[0] // steps) + x.shape[1:]), batch)
 
     def body(carry, inputs):
         index, micro_batch = inputs
@@ -97,6 +109,7 @@ def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: i
         return (total_loss + loss, jax.tree_util.tree_map(jnp.add, total_grads, grads)), None
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    micro = micro_batches(batch, steps, mesh, rules)
     (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(steps), micro))
     return loss / steps, jax.tree_util.tree_map(lambda g: g / steps, grads)
 
@@ -121,7 +134,7 @@ def make_train_step(
 
     def step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        loss, grads = _accumulated_value_and_grad(loss_fn, state.params, batch, null_text, rng, config.grad_accum_steps)
+        loss, grads = _accumulated_value_and_grad(loss_fn, state.params, batch, null_text, rng, config.grad_accum_steps, mesh, rules)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = clamp_mixers(optax.apply_updates(state.params, updates))
         ema = state.ema_params

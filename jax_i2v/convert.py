@@ -22,13 +22,19 @@ from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
 from jax_i2v.models.autoencoder_kl import AutoencoderKLConfig, KLCodec, vae_param_shapes
-from jax_i2v.models.clip import CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer, clip_param_shapes
+from jax_i2v.models.clip import (
+    CLIPTextConfig,
+    CLIPTextEncoder,
+    CLIPTokenizer,
+    clip_param_shapes,
+)
 from jax_i2v.models.config import (
     DEAD_ROTARY_BIAS_BUCKETS,
     DEAD_TEMPORAL_TEMB_DIM,
     UNetConfig,
 )
 from jax_i2v.models.unet import VideoUNet, build_unet, dummy_inputs
+from jax_i2v.parallel.hosts import host_copy
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -244,7 +250,8 @@ def inflate_unet(image_unet_dir: str, model: VideoUNet, params: Params) -> Param
     The video-only layers (temporal convs and attentions, their alpha mixers, the stride embedding)
     keep their values from `params`: freshly initialised, alphas 1 and the stride embedding's last
     layer zero, the model then computes the image UNet on every frame (with first-frame attention
-    off). The spatial architecture of `model.config` must equal the folder's.
+    off). The spatial architecture of `model.config` must equal the folder's. Sharded `params`
+    stay sharded: the loaded weights are placed shard by shard.
     """
     image, state_dict, weights = _read_model_folder(image_unet_dir, "image UNet", _image_unet_config)
     config_path = os.path.join(image_unet_dir, CONFIG_NAME)
@@ -260,13 +267,25 @@ def inflate_unet(image_unet_dir: str, model: VideoUNet, params: Params) -> Param
     loaded = convert_state_dict(state_dict, spatial, weights, "the video UNet's spatial layers")
     flat = traverse_util.flatten_dict(params)
     for path, value in loaded.items():
-        flat[path] = jnp.asarray(value, flat[path].dtype)
+        flat[path] = _placed_like(value, flat[path])
     return traverse_util.unflatten_dict(flat)
 
 
+def _placed_like(value: np.ndarray, like: Any) -> Any:
+    """`value` with `like`'s dtype and, for a jax.Array, its sharding: each process places only its
+    own shards, so a sharded state is filled without any device holding a whole weight set."""
+    if not isinstance(like, jax.Array):
+        return jnp.asarray(value, like.dtype)
+    value = np.asarray(value, like.dtype)
+    return jax.make_array_from_callback(value.shape, like.sharding, lambda index: value[index])
+
+
 def save_unet(unet_dir: str, config: UNetConfig, params: Params) -> None:
-    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that the reference code loads."""
-    _write_model_folder(unet_dir, params_to_state_dict(jax.device_get(params), config), config.to_diffusers())
+    """Writes `config.json` + `diffusion_pytorch_model.safetensors` that the reference code loads.
+    Params split across processes are gathered (every process calls this); process 0 writes."""
+    params = host_copy(params)
+    if jax.process_index() == 0:
+        _write_model_folder(unet_dir, params_to_state_dict(params, config), config.to_diffusers())
 
 
 def _write_model_folder(

@@ -18,10 +18,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.sharding import Mesh
 
 from jax_i2v import media
 from jax_i2v.config_utils import config_from_dict, unet_from_config
-from jax_i2v.convert import load_text_encoder, load_unet, load_vae, parse_config_file, save_text_encoder, save_unet, save_vae
+from jax_i2v.convert import (
+    load_text_encoder,
+    load_unet,
+    load_vae,
+    parse_config_file,
+    save_text_encoder,
+    save_unet,
+    save_vae,
+)
 from jax_i2v.diffusion import progress
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS, camera_motion_frames
 from jax_i2v.diffusion.ddim import DDIMConfig, check_num_steps, padded_timesteps
@@ -34,9 +43,9 @@ from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import VideoUNet, apply_unet
 from jax_i2v.models.vae import LatentCodec, PixelSpace, latent_codec
+from jax_i2v.parallel.hosts import host_copy, replicated
 from jax_i2v.text import TextEncoder
 from jax_i2v.train.checkpoint import load_for_inference
-
 
 MODEL_INDEX_NAME = "model_index.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -75,6 +84,9 @@ class I2VPipeline:
     """A video UNet with its params, a caption encoder and a latent codec.
 
     text_encoder may be None when callers pass embeddings directly. `vae` defaults to pixel space.
+    `mesh`: the mesh `params` are split over, possibly across processes (e.g. a training state's);
+    the sampler's other inputs are then replicated over it and every process samples the same
+    videos without gathering the params.
     """
 
     unet: VideoUNet
@@ -82,6 +94,7 @@ class I2VPipeline:
     text_encoder: Optional[TextEncoder] = None
     vae: LatentCodec = dataclasses.field(default_factory=PixelSpace)
     scheduler: DDIMConfig | LCMConfig = dataclasses.field(default_factory=DDIMConfig)
+    mesh: Optional[Mesh] = None
 
     @classmethod
     def from_config(cls, config, params, attention: Optional[str] = None, **kwargs) -> "I2VPipeline":
@@ -273,21 +286,13 @@ class I2VPipeline:
                     static_video = jnp.broadcast_to(camera_video[None], (num_videos,) + camera_video.shape)
                 else:
                     static_video = jnp.broadcast_to(first_frame, (num_videos, num_frames) + latent_shape)
+                inputs = (first_frame, static_video, text, null_text, stride, jax.random.fold_in(sample_key, chunk), options)
+                if self.mesh is not None:
+                    inputs = replicated(inputs, self.mesh)
                 latents = _sample_chunk(
-                    self.unet,
-                    self.params,
-                    first_frame,
-                    static_video,
-                    text,
-                    null_text,
-                    stride,
-                    jax.random.fold_in(sample_key, chunk),
-                    options,
-                    scheduler=self.scheduler,
-                    guidance=guidance,
-                    report_progress=show_progress,
+                    self.unet, self.params, *inputs, scheduler=self.scheduler, guidance=guidance, report_progress=show_progress
                 )
-                latents = jax.block_until_ready(latents)
+                latents = jnp.asarray(host_copy(latents)) if self.mesh is not None else jax.block_until_ready(latents)
                 # Unconditioned models regenerate the conditioning frame in later chunks: drop it.
                 pieces.append(latents if (cfg.conditions_on_first_frame or chunk == 0) else latents[:, 1:])
                 first_frame = latents[:, -1:]

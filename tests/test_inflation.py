@@ -18,6 +18,8 @@ from jax_i2v.config_utils import load_config
 from jax_i2v.convert import inflate_unet
 from jax_i2v.models.config import UNetConfig
 from jax_i2v.models.unet import apply_unet, build_unet, dummy_inputs
+from jax_i2v.parallel.mesh import create_mesh
+from jax_i2v.parallel.partitioning import params_shardings
 from jax_i2v.train.checkpoint import load_for_inference
 
 torch = pytest.importorskip("torch")
@@ -73,6 +75,23 @@ def test_concat_mode_inflates_the_same_spatial_weights(image_unet):
     assert spatial[0] == spatial[1] and len(spatial[0]) > 50
     for path in spatial[0]:
         np.testing.assert_array_equal(inflated[0][path], inflated[1][path])
+
+
+def test_sharded_params_are_inflated_shard_by_shard(image_unet):
+    """Into a state split over 8 devices, each weight lands with the sharding it had: the trainer
+    never holds the inflated model whole on one device."""
+    _, folder = image_unet
+    model, fresh = _video_unet("none")
+    mesh = create_mesh({"fsdp": 8})
+    sharded = jax.device_put(fresh, params_shardings(fresh, mesh))
+    inflated, expected = inflate_unet(str(folder), model, sharded), inflate_unet(str(folder), model, fresh)
+    split = 0
+    for (path, got), before, want in zip(jax.tree_util.tree_leaves_with_path(inflated), jax.tree_util.tree_leaves(sharded),
+                                          jax.tree_util.tree_leaves(expected)):
+        assert got.sharding == before.sharding, jax.tree_util.keystr(path)
+        split += not got.sharding.is_fully_replicated
+        np.testing.assert_array_equal(got, want)
+    assert split > 10  # weights really split, not a replicated tree
 
 
 @pytest.mark.slow

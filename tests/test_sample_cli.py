@@ -93,6 +93,6 @@ def test_sampling_defaults_come_from_the_config_the_model_was_benchmarked_with(f
     settings = sample.resolve_sampling(sample.parse_args(base), ddim, None, trained=False)
     assert (settings["steps"], settings["text_guidance"], settings["eta"], settings["noise_alpha"]) == (50, 7.5, 0.0, 1.0)
     # Training previews follow the same section, at their own step count.
-    previews = PreviewWriter(config, [], [], str(tmp_path / "run"), num_steps=5, seed=0)
+    previews = PreviewWriter(config, [], [], str(tmp_path / "run"), num_steps=5, seed=0, mesh=None)
     assert previews.sampling["num_steps"] == 5 and previews.sampling["eta"] == config.sampling.eta
     assert previews.sampling["text_guidance"] == config.sampling.text_guidance and previews.frame_stride == 1

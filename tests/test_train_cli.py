@@ -91,60 +91,6 @@ def test_startup_errors_are_one_explanatory_line(tmp_path, overrides, devices, m
     assert len(lines) == 1, result.stderr[-3000:]
 
 
-def _free_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _start_workers(workdir, data_dir, *overrides):
-    port = _free_port()
-    return [
-        subprocess.Popen(
-            _command(workdir, data_dir, *overrides, "--distributed", "--cpu_collectives",
-                     f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"),
-            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-
-
-def _finish(workers):
-    for worker in workers:
-        _, stderr = worker.communicate(timeout=900)
-        assert worker.returncode == 0, stderr[-3000:]
-
-
-@pytest.mark.slow
-def test_two_processes_agree_with_one_and_stop_together_when_one_is_preempted(tmp_path):
-    """Two CPU processes (gloo collectives, one device each, mesh data=2) vs one process with one
-    device. A SIGTERM to process 1 alone stops both at the same step (JAX's preemption service);
-    restarting both resumes, and every step's loss matches the single-process run."""
-    data_dir = tmp_path / "data"
-    steps = ["--config.train.steps=6"]
-    single = subprocess.run(_command(tmp_path / "single", data_dir, *steps), env=_env(), capture_output=True, text=True, timeout=900)
-    assert single.returncode == 0, single.stderr[-3000:]
-    workdir = tmp_path / "multi"
-    workers = _start_workers(workdir, data_dir, *steps)
-    metrics = workdir / "metrics.jsonl"
-    deadline = time.time() + 900
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
-        assert all(worker.poll() is None for worker in workers), workers[0].stderr.read()[-3000:]
-        time.sleep(0.2)
-    workers[1].send_signal(signal.SIGTERM)
-    _finish(workers)
-    stopped_at = max(_losses(workdir))
-    assert stopped_at < 6, "the run finished before the signal arrived"
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped_at]
-
-    _finish(_start_workers(workdir, data_dir, *steps))
-    got, want = _losses(workdir), _losses(tmp_path / "single")
-    assert sorted(got) == list(range(1, 7))
-    for step in want:
-        assert got[step] == pytest.approx(want[step], rel=1e-5)
-
-
 def _run(command, **kwargs):
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900, **kwargs)
     assert result.returncode == 0, result.stderr[-3000:]

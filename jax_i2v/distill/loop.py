@@ -133,15 +133,15 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     os.makedirs(workdir, exist_ok=True)
     enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
     loop = config_section(config, "distill", DistillLoopConfig)
-    teacher_dict, teacher_all = load_for_inference(config.teacher)
+    mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
+    check_batch_size(loop.batch_size, mesh, 1)
+    rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
+    # Read split over the mesh: each process reads its shards, no device holds the whole teacher.
+    teacher_dict, teacher_all = load_for_inference(config.teacher, mesh=mesh, rules=rules)
     teacher_config = config_from_dict(teacher_dict)
     mcm = mcm_config(config, teacher_config)
     teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
     data = teacher_config.data
-
-    mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
-    check_batch_size(loop.batch_size, mesh, 1)
-    rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
     # The teacher's architecture and dtypes; the kernels this run asks for, on this mesh's devices.
     unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
     log.info("attention kernels: %s", unet.attention_implementation.as_dict())
@@ -201,7 +201,10 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         data_iterator=data_iter, config_dict=config.to_dict(), tensorboard=config.get("tensorboard", True),
         started=started, desc="distilling", postfix=lambda m: {"cd": f"{m['cd_loss']:.4f}", "d": f"{m['d_loss']:.3f}"},
     )
-    student = jax.device_get(student_params(result.state, teacher, mcm))
+    # Merged where the state lives, split like the teacher: no process gathers the student.
+    merge = jax.jit(functools.partial(student_params, config=mcm), out_shardings=teacher_sharding)
+    with jax.set_mesh(mesh):
+        student = merge(result.state, teacher)
     params = {**teacher_all, "unet": student} if text.module is not None else student
     export_params(os.path.join(workdir, STUDENT_DIR), params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
     return result.last_metrics

@@ -17,8 +17,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from jax_i2v.cli import RunError
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings
 from jax_i2v.train.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -129,14 +131,21 @@ def load_params(directory: str, params_like: Any = None) -> Any:
         return checkpointer.restore(os.path.join(os.path.abspath(directory), EXPORT_PARAMS), params_like)
 
 
-def _on_one_device(metadata_tree: Any) -> Any:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata_tree)
+def _restore_target(metadata_tree: Any, mesh: Optional[Mesh], rules) -> Any:
+    """ShapeDtypeStructs of a saved params tree: on one device, or sharded over `mesh` by `rules`."""
+    shapes = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), metadata_tree)
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree_util.tree_map(lambda _: device, shapes)
+    else:
+        shardings = params_shardings(shapes, mesh, rules)
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
-def load_for_inference(path: str, use_ema: bool = True) -> tuple[dict, Any]:
-    """(config dict, params) on one device from a training workdir (newest checkpoint), its
-    `checkpoints/` folder, one `checkpoints/STEP` folder, or an `export_params` folder.
+def load_for_inference(path: str, use_ema: bool = True, mesh: Optional[Mesh] = None, rules=DEFAULT_RULES) -> tuple[dict, Any]:
+    """(config dict, params) from a training workdir (newest checkpoint), its `checkpoints/`
+    folder, one `checkpoints/STEP` folder, or an `export_params` folder: on one device, or split
+    over `mesh` by the sharding `rules` (each process reads only its shards).
 
     Only the params are read (EMA params when the run kept them and `use_ema`), not the optimizer
     state.
@@ -146,7 +155,7 @@ def load_for_inference(path: str, use_ema: bool = True) -> tuple[dict, Any]:
         with open(os.path.join(path, EXPORT_CONFIG)) as f:
             config = json.load(f)
         metadata = ocp.StandardCheckpointer().metadata(os.path.join(path, EXPORT_PARAMS)).item_metadata.tree
-        return config, load_params(path, _on_one_device(metadata))
+        return config, load_params(path, _restore_target(metadata, mesh, rules))
     if os.path.isdir(os.path.join(path, EXPORT_PARAMS)):
         raise FileNotFoundError(f"{path} holds exported params but no {EXPORT_CONFIG}; re-export with the config")
     if os.path.isdir(os.path.join(path, "checkpoints")):
@@ -164,7 +173,7 @@ def load_for_inference(path: str, use_ema: bool = True) -> tuple[dict, Any]:
         raise FileNotFoundError(f"no checkpoint or exported params in {path}")
     state_tree = manager.item_metadata(step)["state"].tree
     key = "ema_params" if use_ema and state_tree.get("ema_params") is not None else "params"
-    target = {key: _on_one_device(state_tree[key])}
+    target = {key: _restore_target(state_tree[key], mesh, rules)}
     restored = manager.restore(
         step,
         args=ocp.args.Composite(

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -30,7 +31,7 @@ from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
 from jax_i2v.train.runner import RunSettings, run_steps
 from jax_i2v.train.runtime import config_section
-from jax_i2v.train.state import create_train_state, state_from_params
+from jax_i2v.train.state import create_train_state
 from jax_i2v.train.step import check_batch_size
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_iter = inputs.iterator
     previews = None
     if loop.sample_every:
-        previews = PreviewWriter(config, *inputs.preview_examples(loop.sample_videos), workdir, loop.sample_steps, loop.seed)
+        previews = PreviewWriter(config, *inputs.preview_examples(loop.sample_videos), workdir, loop.sample_steps, loop.seed, mesh)
 
     def init_state():
+        state = create_train_state(init_params, optimizer, init_rng, mesh, rules, use_ema)
         if not loop.init_from_image_unet:
-            return create_train_state(init_params, optimizer, init_rng, mesh, rules, use_ema)
+            return state
+        # Written into the sharded fresh state, shard by shard; Adam's moments start at zero either way.
         log.info("spatial layers from %s", loop.init_from_image_unet)
-        return state_from_params(_inflated_params(init_params(init_rng), model, loop.init_from_image_unet), optimizer, mesh, rules, use_ema)
+        params = _inflated_params(state.params, model, loop.init_from_image_unet)
+        return state.replace(params=params, ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None)
 
     def write_previews(step: int, state, out_of_time: bool) -> bool:
         if previews is None or not (step % loop.sample_every == 0 or step == loop.steps or out_of_time):

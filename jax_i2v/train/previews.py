@@ -1,8 +1,9 @@
 """Sample videos written to `WORKDIR/samples/` during training, so a run can be watched.
 
 The first frames and captions are held-out examples (`TrainingInputs.preview_examples`); the sampling seeds are
-the same at every preview, so successive previews differ only by the training in between. Every
-process gathers the (EMA if kept) params and samples locally; process 0 writes the files.
+the same at every preview, so successive previews differ only by the training in between. The
+sampler runs under the training mesh with the (EMA if kept) params as the state holds them, split
+across processes, never gathered; every process takes part and process 0 writes the files.
 """
 
 from __future__ import annotations
@@ -13,17 +14,24 @@ from typing import Any
 
 import jax
 import ml_collections
-from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from jax_i2v.pipeline import I2VPipeline, frame_stride_from_config, sampling_kwargs, sampling_settings, save_videos
+from jax_i2v.pipeline import (
+    I2VPipeline,
+    frame_stride_from_config,
+    sampling_kwargs,
+    sampling_settings,
+    save_videos,
+)
 
 
 class PreviewWriter:
     def __init__(self, config: ml_collections.ConfigDict, first_frames: list, captions: list[str], workdir: str, num_steps: int,
-                 seed: int):
+                 seed: int, mesh: Mesh):
         self.first_frames, self.captions = first_frames, captions
         self.config = config
         self.seed = seed
+        self.mesh = mesh
         self.directory = os.path.join(workdir, "samples")
         self.frame_stride = frame_stride_from_config(config)
         # The config's `sampling` section, as launch/evaluate.py samples the run, at fewer steps.
@@ -36,8 +44,7 @@ class PreviewWriter:
     def write(self, step: int, params: Any) -> list[str]:
         """Samples one video per held-out example with `params` (the train state's, possibly
         sharded over hosts); returns the files written (on process 0; [] elsewhere)."""
-        local = multihost_utils.process_allgather(params, tiled=True)  # numpy, whole on every host
-        pipe = I2VPipeline.from_config(self.config, local)
+        pipe = I2VPipeline.from_config(self.config, params, mesh=self.mesh)
         data = self.config.data
         videos = pipe.sample_each(
             self.first_frames,

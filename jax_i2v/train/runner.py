@@ -70,6 +70,18 @@ def _progress_bar(settings: RunSettings, step: int, desc: str, enabled: bool) ->
     return tqdm.tqdm(total=settings.steps, initial=step, desc=desc, unit="step", disable=not enabled)
 
 
+def state_bytes(state: Any) -> tuple[int, int]:
+    """(bytes of the shards this process holds, counting each replicated piece once across the
+    processes; the state's total bytes): how the state is split between processes."""
+    leaves = [x for x in jax.tree_util.tree_leaves(state) if isinstance(x, jax.Array)]
+    local = sum(shard.data.nbytes for x in leaves for shard in x.addressable_shards if shard.replica_id == 0)
+    return local, sum(x.nbytes for x in leaves)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 2**20:.1f} MB"
+
+
 def run_steps(
     workdir: str,
     settings: RunSettings,
@@ -110,6 +122,7 @@ def run_steps(
             state = init_state()
         else:
             log.info("resumed from step %d", int(state.step))
+        log.info("state: %s on this process (unique shards) of %s in all", *map(_megabytes, state_bytes(state)))
         metrics_log = MetricsLog(workdir, int(state.step), tensorboard)
         try:
             return _run(settings, state, step_fn, next_batch, extra_args, checkpointer, data_iterator, config_dict,

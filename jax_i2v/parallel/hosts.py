@@ -1,0 +1,32 @@
+"""Moving small arrays between one host and a mesh that spans processes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def host_copy(tree: Any) -> Any:
+    """`tree` as numpy on this host, gathered through a collective when its arrays are split across
+    processes (every process must call it then)."""
+    if all(not isinstance(x, jax.Array) or x.is_fully_addressable for x in jax.tree_util.tree_leaves(tree)):
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def replicated(tree: Any, mesh: Mesh) -> Any:
+    """`tree` (the same values on every process: numpy, local arrays or PRNG keys) replicated over
+    `mesh`, so it can meet arrays split across processes in one `jit`."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def place(x):
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        value = np.asarray(host_copy(x))
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree_util.tree_map(place, tree)

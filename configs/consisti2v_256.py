@@ -51,9 +51,22 @@ def get_config():
     config.data = ml_collections.ConfigDict(
         # WebVid as the reference reads it: a dataset built from its JSONL + video folder by
         # launch/build_dataset.py (dir: the printed folder), or its latents (source "latents").
-        dict(source="videos", dir="data/video_text/webvid/1.0.0", frames=16, resolution=256, latent_size=32, latent_channels=4,
-             text_len=77, stride_range=(1, 5), random_flip=True, crop="center", crop_scale=(0.75, 1.0), shorten=True,
-             read_threads=16, num_workers=8)
+        dict(
+            source="videos",
+            dir="data/video_text/webvid/1.0.0",
+            frames=16,
+            resolution=256,
+            latent_size=32,
+            latent_channels=4,
+            text_len=77,
+            stride_range=(1, 5),
+            random_flip=True,
+            crop="center",
+            crop_scale=(0.75, 1.0),
+            shorten=True,
+            read_threads=16,
+            num_workers=8,
+        )
     )
     config.codec = ml_collections.ConfigDict(dict(kind="autoencoder_kl", dir=pretrained + "/vae", decode_chunk=8))
     config.text_encoder = ml_collections.ConfigDict(
@@ -66,14 +79,36 @@ def get_config():
         dict(prediction_type="epsilon", noise_alpha=1.0, first_frame_dropout=0.1, text_dropout=0.1)
     )
     config.optim = ml_collections.ConfigDict(
-        dict(learning_rate=5e-5, schedule="constant", warmup_steps=0, total_steps=200_000, b1=0.9, b2=0.999, eps=1e-8,
-             weight_decay=1e-2, grad_clip_norm=0.5)
+        dict(
+            learning_rate=5e-5,
+            schedule="constant",
+            warmup_steps=0,
+            total_steps=200_000,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=1e-2,
+            grad_clip_norm=0.5,
+        )
     )
     config.train = ml_collections.ConfigDict(
-        dict(batch_size=24, steps=200_000, seed=42, log_every=50, checkpoint_every=2000, keep_checkpoints=3,
-             remat_policy="block", grad_accum_steps=1, ema_decay=0.0, temporal_mixer_init=1.0,
-             init_from_image_unet=pretrained + "/unet", sample_every=0, sample_videos=2, sample_steps=50,
-             time_limit_minutes=0.0)
+        dict(
+            batch_size=24,
+            steps=200_000,
+            seed=42,
+            log_every=50,
+            checkpoint_every=2000,
+            keep_checkpoints=3,
+            remat_policy="block",
+            grad_accum_steps=1,
+            ema_decay=0.0,
+            temporal_mixer_init=1.0,
+            init_from_image_unet=pretrained + "/unet",
+            sample_every=0,
+            sample_videos=2,
+            sample_steps=50,
+            time_limit_minutes=0.0,
+        )
     )
     config.sampling = ml_collections.ConfigDict(dict(steps=50, text_guidance=7.5, frameinit="gaussian"))
     # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's

@@ -50,13 +50,39 @@ def get_config():
     # target="ema" (LCM's) is the one that takes a 10x student learning rate: with MCM's
     # stop-gradient target, gen_lr=1e-3 drives the student off the teacher's ODE (docs/mcm.md).
     config.mcm = ml_collections.ConfigDict(
-        dict(num_solver_steps=50, timestep_scaling=4.0, guidance_min=1.0, guidance_max=2.0, loss_type="huber", huber_c=0.001,
-             motion="raw", head_ema_decay=0.95, target="stop_gradient", target_ema_decay=0.95, lora_rank=16, lora_alpha=16.0, mixed_trajectory=0.5,
-             adversarial_weight=1.0, disc_frames=2, disc_augment="", disc_condition="none", gp_weight=1e-5)
+        dict(
+            num_solver_steps=50,
+            timestep_scaling=4.0,
+            guidance_min=1.0,
+            guidance_max=2.0,
+            loss_type="huber",
+            huber_c=0.001,
+            motion="raw",
+            head_ema_decay=0.95,
+            target="stop_gradient",
+            target_ema_decay=0.95,
+            lora_rank=16,
+            lora_alpha=16.0,
+            mixed_trajectory=0.5,
+            adversarial_weight=1.0,
+            disc_frames=2,
+            disc_augment="",
+            disc_condition="none",
+            gp_weight=1e-5,
+        )
     )
     config.distill = ml_collections.ConfigDict(
-        dict(batch_size=4, steps=2000, seed=0, log_every=10, checkpoint_every=200, keep_checkpoints=3, time_limit_minutes=0.0,
-             gen_lr=1e-4, disc_lr=1e-3)
+        dict(
+            batch_size=4,
+            steps=2000,
+            seed=0,
+            log_every=10,
+            checkpoint_every=200,
+            keep_checkpoints=3,
+            time_limit_minutes=0.0,
+            gen_lr=1e-4,
+            disc_lr=1e-3,
+        )
     )
     # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
     # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).

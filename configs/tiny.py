@@ -62,12 +62,23 @@ def get_config():
             # the caption's direction when it only has to shift an object locally, not when objects
             # travel across the frame. One object per video: with two, tying each object to its own
             # words takes the 20-minute model past its budget (docs/results.md).
-            dataset=dict(num_frames=32, resolution=32, max_objects=1, min_radius=0.1, max_radius=0.18,
-                         min_speed=0.008, max_speed=0.016, train_examples=2000, test_examples=64, seed=0,
-                         # "degraded": blurred (gaussian, blur_sigma px), noisy, watermarked (MCM's low-quality videos).
-                         # 1.5 px, not the generator's 0.8: through the codec a 0.8-px blur barely shows, and
-                         # neither the sharpness measure nor mcm_tiny's discriminator could tell it from clean.
-                         quality="clean", blur_sigma=1.5),
+            dataset=dict(
+                num_frames=32,
+                resolution=32,
+                max_objects=1,
+                min_radius=0.1,
+                max_radius=0.18,
+                min_speed=0.008,
+                max_speed=0.016,
+                train_examples=2000,
+                test_examples=64,
+                seed=0,
+                # "degraded": blurred (gaussian, blur_sigma px), noisy, watermarked (MCM's low-quality videos).
+                # 1.5 px, not the generator's 0.8: through the codec a 0.8-px blur barely shows, and
+                # neither the sharpness measure nor mcm_tiny's discriminator could tell it from clean.
+                quality="clean",
+                blur_sigma=1.5,
+            ),
         )
     )
     # How pixels map to the UNet's input (jax_i2v/models/vae.py): "pixels" (identity),
@@ -75,9 +86,7 @@ def get_config():
     # frequencies x frequencies lowest DCT coefficients of each block); data.latent_size and
     # latent_channels must agree. The shift is the training clips' pixel mean; the scale gives
     # their latents unit variance.
-    config.codec = ml_collections.ConfigDict(
-        dict(kind="block_dct", factor=4, frequencies=2, shift_factor=-0.52, scaling_factor=1.49)
-    )
+    config.codec = ml_collections.ConfigDict(dict(kind="block_dct", factor=4, frequencies=2, shift_factor=-0.52, scaling_factor=1.49))
     # "trainable": a word tokenizer (no vocabulary file) + a small transformer trained with the UNet;
     # "hashed": fixed word vectors. The CLIP tower takes this place in latent-space configs.
     config.text_encoder = ml_collections.ConfigDict(dict(kind="trainable", vocab_size=4096, width=64, layers=2, heads=4))
@@ -92,8 +101,14 @@ def get_config():
         # says where objects go. No first-frame dropout: it only serves image guidance, which this
         # config does not sample with, and the model trained without it scores better in drift,
         # background PSNR, motion error and fvd_proxy (docs/results.md).
-        dict(prediction_type="v_prediction", noise_alpha=1.0, first_frame_dropout=0.0, text_dropout=0.1,
-             timestep_bias_multiplier=4.0, timestep_bias_portion=0.2)
+        dict(
+            prediction_type="v_prediction",
+            noise_alpha=1.0,
+            first_frame_dropout=0.0,
+            text_dropout=0.1,
+            timestep_bias_multiplier=4.0,
+            timestep_bias_portion=0.2,
+        )
     )
     config.optim = ml_collections.ConfigDict(
         dict(
@@ -140,9 +155,7 @@ def get_config():
     # eta's fresh noise independent per frame (fresh_noise_alpha 0), not mixed like the training noise
     # (the default, what the posterior has): mixed gives smoother clips closer to the data but
     # places objects worse.
-    config.sampling = ml_collections.ConfigDict(
-        dict(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian")
-    )
+    config.sampling = ml_collections.ConfigDict(dict(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian"))
     # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).
     # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
     # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).

@@ -41,8 +41,9 @@ def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         kind, what, none_means = _SAMPLING_FLAGS[key]
         fallback = (fallbacks or {}).get(key, none_means if default is None else default)
         choices = FILTER_TYPES + ("none",) if key == "frameinit" else None
-        parser.add_argument(sampling_flag(key), type=kind, choices=choices,
-                            help=f"{what} (default: config sampling.{key}, else {fallback})")
+        parser.add_argument(
+            sampling_flag(key), type=kind, choices=choices, help=f"{what} (default: config sampling.{key}, else {fallback})"
+        )
 
 
 def define_distributed_flags() -> Callable[[], None]:
@@ -51,7 +52,8 @@ def define_distributed_flags() -> Callable[[], None]:
     from absl import flags
 
     distributed = flags.DEFINE_bool(
-        "distributed", False, "call jax.distributed.initialize() (one process per host; on Cloud TPU it needs no other flags)")
+        "distributed", False, "call jax.distributed.initialize() (one process per host; on Cloud TPU it needs no other flags)"
+    )
     coordinator = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (clusters without auto-detection)")
     num_processes = flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
     process_id = flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")

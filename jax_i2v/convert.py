@@ -183,9 +183,7 @@ def params_to_state_dict(params: Params, config: UNetConfig) -> dict[str, np.nda
             out[block + "time_emb_proj.bias"] = np.zeros((channels,), np.float32)
         if key.endswith("rotary_emb.freqs"):
             attn = key[: -len("rotary_emb.freqs")]
-            out[attn + "rotary_bias.relative_attention_bias.weight"] = np.zeros(
-                (DEAD_ROTARY_BIAS_BUCKETS, config.n_temp_heads), np.float32
-            )
+            out[attn + "rotary_bias.relative_attention_bias.weight"] = np.zeros((DEAD_ROTARY_BIAS_BUCKETS, config.n_temp_heads), np.float32)
     return out
 
 

@@ -68,8 +68,9 @@ def resize_and_center_crop(image: np.ndarray, height: int, width: int) -> np.nda
     return center_crop(resize_to_cover(image, height, width), height, width)
 
 
-def random_resized_crop_box(height: int, width: int, scale: tuple[float, float], rng: np.random.Generator,
-                            ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def random_resized_crop_box(
+    height: int, width: int, scale: tuple[float, float], rng: np.random.Generator, ratio: tuple[float, float] = (3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
     """(top, left, crop height, crop width) as torchvision's RandomResizedCrop draws it: an area
     fraction in `scale` and a log-uniform aspect ratio, ten tries, then the centre crop whose
     aspect ratio is clamped to `ratio`."""

@@ -62,7 +62,9 @@ MODEL_INDEX = {
 
 
 @functools.partial(jax.jit, static_argnames=("unet", "scheduler", "guidance", "report_progress"))
-def _sample_chunk(unet, params, first_frame, static_video, text, null_text, frame_stride, rng, options, *, scheduler, guidance, report_progress):
+def _sample_chunk(
+    unet, params, first_frame, static_video, text, null_text, frame_stride, rng, options, *, scheduler, guidance, report_progress
+):
     return sample_chunk(
         functools.partial(apply_unet, unet, params),
         first_frame,
@@ -178,9 +180,7 @@ class I2VPipeline:
         if embeddings.ndim == 2:
             embeddings = embeddings[None]
         if embeddings.ndim != 3 or embeddings.shape[-1] != self.unet.config.cross_attention_dim:
-            raise ValueError(
-                f"{what} embeddings must be (L, {self.unet.config.cross_attention_dim}) or (B, L, D), got {embeddings.shape}"
-            )
+            raise ValueError(f"{what} embeddings must be (L, {self.unet.config.cross_attention_dim}) or (B, L, D), got {embeddings.shape}")
         if embeddings.shape[0] not in (1, batch):
             raise ValueError(f"{what} embeddings have batch {embeddings.shape[0]}, expected 1 or {batch}")
         return jnp.broadcast_to(embeddings, (batch,) + embeddings.shape[1:])
@@ -405,7 +405,10 @@ def check_guidance_was_trained(config, text_guidance: float, image_guidance: flo
     """Raises if a guidance scale > 1 needs a prediction the run's training never dropped its
     condition for: guidance extrapolates from the caption-free or image-free prediction."""
     objective = config.get("objective", {})
-    for name, scale, dropout in (("text_guidance", text_guidance, "text_dropout"), ("image_guidance", image_guidance, "first_frame_dropout")):
+    for name, scale, dropout in (
+        ("text_guidance", text_guidance, "text_dropout"),
+        ("image_guidance", image_guidance, "first_frame_dropout"),
+    ):
         if scale > 1.0 and objective.get(dropout) == 0.0:
             raise ValueError(f"{name} {scale} needs a model trained with objective.{dropout} > 0; this one had 0")
 

@@ -84,7 +84,12 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
     live = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes - memory.alias_size_in_bytes
     size = config.data.latent_size
     model_flops = train_step_flops(
-        unet_config(config), batch=batch, frames=frames, height=size, width=size, text_len=config.data.text_len,
+        unet_config(config),
+        batch=batch,
+        frames=frames,
+        height=size,
+        width=size,
+        text_len=config.data.text_len,
         remat=experiment.loop.remat_policy,
     )
     device_kind = devices[0].device_kind

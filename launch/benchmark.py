@@ -29,6 +29,7 @@ from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
 from jax_i2v.models.unet import apply_unet, build_unet, random_params
 
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--unet-config", required=True, help="diffusers-layout UNet config.json (file or its folder)")
@@ -88,9 +89,7 @@ def run(args) -> dict:
     compile_s = time.perf_counter() - start
     fwdbwd_ms = _median_ms(fwdbwd, inputs, args.warmup, args.iters)
     device_kind = jax.devices()[0].device_kind
-    model_flops = train_step_flops(
-        config, batch=args.batch, frames=args.frames, height=height, width=width, text_len=args.text_len
-    )
+    model_flops = train_step_flops(config, batch=args.batch, frames=args.frames, height=height, width=width, text_len=args.text_len)
     achieved = model_flops / (fwdbwd_ms / 1e3)
     peak = peak_bf16_flops(device_kind)
     return {

@@ -54,9 +54,16 @@ def main(argv):
             clips += len(arrays)
             delivered += np.asarray(arrays).nbytes
         seconds = time.perf_counter() - started
-        result = {"process": jax.process_index(), "source": config.data.get("source", "moving_shapes"), "clips": clips,
-                  "seconds": round(seconds, 3), "clips_per_sec": clips / seconds, "delivered_mb_per_sec": delivered / seconds / 1e6,
-                  "read_threads": config.data.get("read_threads", 16), "num_workers": config.data.get("num_workers", 0)}
+        result = {
+            "process": jax.process_index(),
+            "source": config.data.get("source", "moving_shapes"),
+            "clips": clips,
+            "seconds": round(seconds, 3),
+            "clips_per_sec": clips / seconds,
+            "delivered_mb_per_sec": delivered / seconds / 1e6,
+            "read_threads": config.data.get("read_threads", 16),
+            "num_workers": config.data.get("num_workers", 0),
+        }
         if result["source"] == "videos":
             source = load_media_dataset(config.data.dir)
             sizes = [len(source[i]["video"]) for i in range(min(len(source), 256))]

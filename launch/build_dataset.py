@@ -40,8 +40,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     with exit_on_user_error():
-        builder = build_media_dataset(args.data_dir, args.name, args.layout, jsonl=args.jsonl, video_folder=args.video_folder,
-                                      paths=args.paths, min_frames=args.min_frames, num_workers=args.workers)
+        builder = build_media_dataset(
+            args.data_dir,
+            args.name,
+            args.layout,
+            jsonl=args.jsonl,
+            video_folder=args.video_folder,
+            paths=args.paths,
+            min_frames=args.min_frames,
+            num_workers=args.workers,
+        )
         manifest = read_manifest(builder.data_dir)
         summary = {k: manifest[k] for k in ("name", "kept", "skipped", "skipped_by_reason")}
         print(json.dumps({"dataset_dir": os.fspath(builder.data_dir), **summary}))

@@ -43,8 +43,9 @@ def main(argv):
 
         jax.distributed.initialize()
     with exit_on_user_error():
-        metadata = encode_latents(_CONFIG.value, _OUT.value, clips_per_video=_CLIPS.value, seed=_SEED.value, batch_size=_BATCH.value,
-                                  dtype=_DTYPE.value)
+        metadata = encode_latents(
+            _CONFIG.value, _OUT.value, clips_per_video=_CLIPS.value, seed=_SEED.value, batch_size=_BATCH.value, dtype=_DTYPE.value
+        )
     print(json.dumps({"out": _OUT.value, "count": metadata["count"], "latent_shape": metadata["latent_shape"], "dtype": metadata["dtype"]}))
 
 

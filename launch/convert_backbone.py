@@ -56,16 +56,27 @@ def run(args) -> dict:
         with open(os.path.join(args.transformers, "config.json")) as f:
             hf = json.load(f)
         state_dict = original_from_transformers(load_file(os.path.join(args.transformers, "model.safetensors")))
-        settings = dict(patch_size=hf["patch_size"], width=hf["hidden_size"], depth=hf["num_hidden_layers"],
-                        heads=hf["num_attention_heads"], mlp_ratio=hf.get("mlp_ratio", 4.0), layer_norm_eps=hf.get("layer_norm_eps", 1e-6))
+        settings = dict(
+            patch_size=hf["patch_size"],
+            width=hf["hidden_size"],
+            depth=hf["num_hidden_layers"],
+            heads=hf["num_attention_heads"],
+            mlp_ratio=hf.get("mlp_ratio", 4.0),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
+        )
     else:
         import torch
 
         state_dict = {k: v.numpy() for k, v in torch.load(args.pth, map_location="cpu", weights_only=True).items() if k != "mask_token"}
         width = state_dict["cls_token"].shape[-1]
         depth = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-        settings = dict(patch_size=args.patch_size, width=width, depth=depth, heads=args.heads,
-                        mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width)
+        settings = dict(
+            patch_size=args.patch_size,
+            width=width,
+            depth=depth,
+            heads=args.heads,
+            mlp_ratio=state_dict["blocks.0.mlp.fc1.weight"].shape[0] / width,
+        )
     config = ViTConfig(image_size=args.image_size, hooks=tuple(args.hooks), **settings)
     state_dict["pos_embed"] = resize_positions(state_dict["pos_embed"], args.image_size // config.patch_size)
     save_vit(args.out, config, state_dict)

@@ -29,12 +29,12 @@ import sys
 import numpy as np
 
 from jax_i2v import media
-from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.cli import add_sampling_flags, exit_on_user_error
 from jax_i2v.compilation_cache import enable_compilation_cache, user_cache_dir
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark, sample_clips
 from jax_i2v.eval.video_features import VideoFeatures
+from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.pipeline import SAMPLING_DEFAULTS, I2VPipeline, check_guidance_was_trained, sampling_kwargs
 from jax_i2v.pipeline import sampling_settings as pipeline_sampling_settings
 
@@ -62,9 +62,12 @@ def parse_args(argv=None):
     p.add_argument("--ode-reference-steps", type=int, default=50, help="DDIM steps of the --ode-reference videos (MCM's solver grid: 50)")
     p.add_argument("--out", help="also write the result (with per-video scores) to this JSON file")
     p.add_argument("--gif", help="also write the first 8 sampled videos beside their ground truth to this GIF")
-    p.add_argument("--compilation-cache", default="", metavar="DIR",
-                   help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
-                   f"{user_cache_dir()}; none: off)")
+    p.add_argument(
+        "--compilation-cache",
+        default="",
+        metavar="DIR",
+        help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else {user_cache_dir()}; none: off)",
+    )
     args = p.parse_args(argv)
     if args.num_videos < 1:
         p.error("--num-videos must be >= 1")
@@ -128,8 +131,9 @@ def ode_reference_videos(args, clips: list) -> list[np.ndarray]:
 
 
 def run(args) -> dict:
-    pipe, config, clips = load_run_and_clips(args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema,
-                                             attention=args.attention)
+    pipe, config, clips = load_run_and_clips(
+        args.checkpoint, args.num_videos, args.seed, args.config, use_ema=not args.no_ema, attention=args.attention
+    )
     data = config.data
     settings = sampling_settings(config, args)
     generate = None if args.no_model else pipeline_generator(pipe, data.frames, data.resolution, settings)
@@ -138,7 +142,9 @@ def run(args) -> dict:
         generate = _recording(generate, sampled)
     round_trip = codec_round_trip(pipe.vae) if args.codec_reference else None
     reference = ode_reference_videos(args, clips) if args.ode_reference else None
-    result = run_benchmark(generate, clips, seed=args.seed, features=VideoFeatures.load(), round_trip=round_trip, reference_videos=reference)
+    result = run_benchmark(
+        generate, clips, seed=args.seed, features=VideoFeatures.load(), round_trip=round_trip, reference_videos=reference
+    )
     if args.gif:
         rows = [(video, clip.video) for video, clip in zip(np.concatenate(sampled), clips[:GIF_ROWS])]
         media.write_video(args.gif, media.video_grid(rows, scale=4), fps=4)

@@ -81,8 +81,12 @@ def parse_args(argv=None):
     s.add_argument("--frames", type=int, help="frames per chunk including the first (default: config, else 16)")
     s.add_argument("--height", type=int)
     s.add_argument("--width", type=int)
-    s.add_argument("--sampler", choices=("ddim", "lcm"), help="lcm: the multistep consistency sampler of distilled "
-                   "students (default: the model's, DDIM unless its scheduler config is an LCMScheduler's)")
+    s.add_argument(
+        "--sampler",
+        choices=("ddim", "lcm"),
+        help="lcm: the multistep consistency sampler of distilled "
+        "students (default: the model's, DDIM unless its scheduler config is an LCMScheduler's)",
+    )
     s.add_argument("--lcm-timestep-scaling", type=float, default=4.0, help="with --sampler lcm (MCM trains with 4)")
     add_sampling_flags(s, fallbacks={"steps": "50 with DDIM, 4 with LCM", "text_guidance": "7.5 with DDIM, 1 (none) with LCM"})
     s.add_argument("--frame-stride", type=float, help="default: the middle of the config's data.stride_range, else 3")
@@ -91,9 +95,12 @@ def parse_args(argv=None):
     s.add_argument("--num-videos", type=int, default=1)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-progress", action="store_true", help="no progress bar (a sampler with one is compiled every run)")
-    s.add_argument("--compilation-cache", default="", metavar="DIR",
-                   help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else "
-                   f"{user_cache_dir()}; none: off)")
+    s.add_argument(
+        "--compilation-cache",
+        default="",
+        metavar="DIR",
+        help=f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else {user_cache_dir()}; none: off)",
+    )
     args = p.parse_args(argv)
     if args.random_params and not args.config:
         p.error("--random-params needs --config for the architecture")
@@ -174,7 +181,12 @@ def run(args) -> dict:
     )
     seconds = time.perf_counter() - start
     paths = save_videos(video, args.out, args.formats, args.fps)
-    return {"files": paths, "shape": list(video.shape), "seconds": round(seconds, 2), "attention": pipe.unet.attention_implementation.as_dict()}
+    return {
+        "files": paths,
+        "shape": list(video.shape),
+        "seconds": round(seconds, 2),
+        "attention": pipe.unet.attention_implementation.as_dict(),
+    }
 
 
 def main(argv=None) -> dict:

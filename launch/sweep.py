@@ -92,9 +92,22 @@ def commands(run, workdir: str, args, passthrough: Sequence[str], source: str) -
     """The run's commands; `source` is the run whose model it benchmarks (itself: train it first)."""
     name, config, overrides = run
     run_dir, model_dir = os.path.join(workdir, name), os.path.join(workdir, source)
-    evaluate = [sys.executable, os.path.join(LAUNCH, "evaluate.py"), "--checkpoint", model_dir, "--bench", "synthetic",
-                "--num-videos", str(args.num_videos), "--seed", str(args.seed), "--codec-reference", *_sampling_flags(run),
-                "--out", os.path.join(run_dir, "benchmark.json")]
+    evaluate = [
+        sys.executable,
+        os.path.join(LAUNCH, "evaluate.py"),
+        "--checkpoint",
+        model_dir,
+        "--bench",
+        "synthetic",
+        "--num-videos",
+        str(args.num_videos),
+        "--seed",
+        str(args.seed),
+        "--codec-reference",
+        *_sampling_flags(run),
+        "--out",
+        os.path.join(run_dir, "benchmark.json"),
+    ]
     if source != name:
         return [["mkdir", "-p", run_dir], evaluate]
     train = [sys.executable, os.path.join(LAUNCH, "train.py"), f"--config={config}", f"--workdir={run_dir}"]

@@ -24,8 +24,8 @@ import numpy as np
 import optax
 import tqdm
 
-from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 from jax_i2v.config_utils import load_config
+from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 from jax_i2v.eval.video_features import INPUT_SIZE, MAX_OBJECTS, WEIGHTS, VideoFeatureNet, attribute_labels, save_weights, to_model_input
 
 TEST_SEED = 1_000_003
@@ -39,7 +39,9 @@ def generator_settings(frames: int, dataset_configs: list[str]) -> list[MovingSh
     settings = [MovingShapesConfig(num_frames=length, resolution=INPUT_SIZE)]
     for path in dataset_configs:
         dataset = load_config(path).data.dataset
-        settings.append(MovingShapesConfig(num_frames=length, resolution=INPUT_SIZE, **{k: v for k, v in dataset.items() if k in scene_fields}))
+        settings.append(
+            MovingShapesConfig(num_frames=length, resolution=INPUT_SIZE, **{k: v for k, v in dataset.items() if k in scene_fields})
+        )
     return settings
 
 
@@ -74,8 +76,9 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=WEIGHTS)
-    p.add_argument("--dataset-configs", nargs="*", default=["configs/tiny.py"],
-                   help="config files whose data.dataset settings make half the clips")
+    p.add_argument(
+        "--dataset-configs", nargs="*", default=["configs/tiny.py"], help="config files whose data.dataset settings make half the clips"
+    )
     args = p.parse_args(argv)
 
     settings = generator_settings(args.frames, args.dataset_configs)
@@ -115,11 +118,17 @@ def main(argv=None) -> dict:
     predictions = predict(params, to_model_input(test_videos))
     correct = {k: np.asarray(v) == test_labels[k] for k, v in predictions.items()}
     accuracy = {k: float(v.mean()) for k, v in correct.items()}
-    by_setting = {("defaults", *args.dataset_configs)[i]: {k: float(v[test_kinds == i].mean()) for k, v in correct.items()}
-                  for i in range(len(settings))}
+    by_setting = {
+        ("defaults", *args.dataset_configs)[i]: {k: float(v[test_kinds == i].mean()) for k, v in correct.items()}
+        for i in range(len(settings))
+    }
     save_weights(args.out, params)
-    result = {"weights": args.out, "held_out_accuracy": accuracy, "held_out_accuracy_by_setting": by_setting,
-              "seconds": round(time.perf_counter() - start, 1)}
+    result = {
+        "weights": args.out,
+        "held_out_accuracy": accuracy,
+        "held_out_accuracy_by_setting": by_setting,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     print(json.dumps(result))
     return result
 

@@ -5,9 +5,7 @@ import pathlib
 import tempfile
 
 # Eight host devices for the sharding tests; must be set before JAX initialises its backend.
-os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
-).strip()
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 # CPU only, also in the training subprocesses: with libtpu installed (the `tpu` extra) JAX would
 # otherwise probe for a TPU in every process and take libtpu's single-process lock, which the
 # ahead-of-time TPU compile test needs (it loads the TPU compiler explicitly).
@@ -135,9 +133,19 @@ def micro_run(tmp_path_factory):
     workdir = tmp / "run"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     result = subprocess.run(
-        [sys.executable, str(root / "launch" / "train.py"), f"--config={root / 'configs' / 'micro.py'}", f"--workdir={workdir}",
-         f"--config.data.dir={tmp / 'data'}", "--config.train.steps=3", "--config.tensorboard=False"],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(root / "launch" / "train.py"),
+            f"--config={root / 'configs' / 'micro.py'}",
+            f"--workdir={workdir}",
+            f"--config.data.dir={tmp / 'data'}",
+            "--config.train.steps=3",
+            "--config.tensorboard=False",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir

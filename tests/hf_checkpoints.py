@@ -82,7 +82,9 @@ def write_tiny_pipeline(folder: pathlib.Path, unet_dir: pathlib.Path, torch, dif
     and text width must be the tiny VAE's 4 and a multiple of 4)."""
     unet_config = json.loads((unet_dir / "config.json").read_text())
     vocab = write_clip_vocabulary(folder / "tokenizer")
-    tiny_clip_text_model(torch, transformers, vocab, hidden_size=unet_config["cross_attention_dim"]).save_pretrained(folder / "text_encoder")
+    tiny_clip_text_model(torch, transformers, vocab, hidden_size=unet_config["cross_attention_dim"]).save_pretrained(
+        folder / "text_encoder"
+    )
     tiny_vae(torch, diffusers).save_pretrained(folder / "vae", safe_serialization=True)
     shutil.copytree(unet_dir, folder / "unet")
     scheduler = diffusers.DDIMScheduler(beta_schedule="linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, clip_sample=False)

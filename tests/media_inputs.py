@@ -92,8 +92,15 @@ def write_video_inputs(root: pathlib.Path) -> dict:
                 _add(tar, "uncaptioned.mp4", encode_video(video(40)))
                 _add(tar, "uncaptioned.json", json.dumps({"url": "no caption here"}).encode())
                 bad_shards[f"{shard}:uncaptioned"] = "missing_caption"
-    return dict(jsonl=str(jsonl), video_folder=str(folder), shards=[str(shards_dir)], good_jsonl=good_jsonl,
-                good_shards=good_shards, bad_jsonl=bad_jsonl, bad_shards=bad_shards)
+    return dict(
+        jsonl=str(jsonl),
+        video_folder=str(folder),
+        shards=[str(shards_dir)],
+        good_jsonl=good_jsonl,
+        good_shards=good_shards,
+        bad_jsonl=bad_jsonl,
+        bad_shards=bad_shards,
+    )
 
 
 def _image_bytes(array: np.ndarray, format: str) -> bytes:

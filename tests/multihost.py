@@ -30,10 +30,16 @@ def start_processes(command: list[str], order=None) -> list[subprocess.Popen]:
     port = _free_port()
     started = {}
     for i in order or range(PROCESSES):
-        flags = ["--distributed", "--cpu_collectives", f"--coordinator_address=localhost:{port}", f"--num_processes={PROCESSES}",
-                 f"--process_id={i}"]
-        started[i] = subprocess.Popen(command + flags, env=device_env(DEVICES_PER_PROCESS), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
+        flags = [
+            "--distributed",
+            "--cpu_collectives",
+            f"--coordinator_address=localhost:{port}",
+            f"--num_processes={PROCESSES}",
+            f"--process_id={i}",
+        ]
+        started[i] = subprocess.Popen(
+            command + flags, env=device_env(DEVICES_PER_PROCESS), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     return [started[i] for i in range(PROCESSES)]
 
 

@@ -19,9 +19,17 @@ def test_train_step_compiles_for_a_tpu_topology_and_reports_memory_and_flops():
     # Its own process: the TPU compiler is loaded explicitly, and the compilation-cache setting
     # aot_compile makes only holds in a process that has not compiled anything yet.
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "aot_compile.py"), f"--config={ROOT / 'configs' / 'micro.py'}",
-         "--topology=v5e:2x2", "--mesh=data=2,fsdp=2", "--config.train.ema_decay=0.999"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "aot_compile.py"),
+            f"--config={ROOT / 'configs' / 'micro.py'}",
+            "--topology=v5e:2x2",
+            "--mesh=data=2,fsdp=2",
+            "--config.train.ema_decay=0.999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "persistent compilation cache" not in completed.stderr

@@ -36,8 +36,11 @@ def test_auto_resolves_from_the_target_platform():
 
 def test_head_widths_of_the_released_unet():
     config = UNetConfig(
-        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20), n_temp_heads=8,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(320, 640, 1280, 1280),
+        attention_head_dim=(5, 10, 20, 20),
+        n_temp_heads=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
     assert attention_head_widths(config) == SD21_WIDTHS
     # A UNet built for a TPU from this CPU host gets the TPU kernels, not the host's.
@@ -60,7 +63,9 @@ def _loss(attention):
 
 
 splash = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="splash", interpret=True))
-splash_grad = jax.jit(jax.grad(_loss(lambda q, k, v: dot_product_attention(q, k, v, implementation="splash", interpret=True)), argnums=(0, 1, 2)))
+splash_grad = jax.jit(
+    jax.grad(_loss(lambda q, k, v: dot_product_attention(q, k, v, implementation="splash", interpret=True)), argnums=(0, 1, 2))
+)
 xla_grad = jax.jit(jax.grad(_loss(_softmax_attention), argnums=(0, 1, 2)))
 
 
@@ -106,9 +111,19 @@ def test_splash_under_a_mesh_splits_videos_and_heads_and_equals_one_device():
 
 def test_tiny_unet_with_splash_equals_xla_forward_and_backward():
     config = UNetConfig(
-        in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D",), up_block_types=("CrossAttnUpBlock2D",),
-        block_out_channels=(32,), layers_per_block=1, attention_head_dim=(2,), cross_attention_dim=16, norm_num_groups=8, n_temp_heads=2, first_frame_condition_mode="concat",
-        augment_temporal_attention=True, use_frame_stride_condition=True,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",),
+        block_out_channels=(32,),
+        layers_per_block=1,
+        attention_head_dim=(2,),
+        cross_attention_dim=16,
+        norm_num_groups=8,
+        n_temp_heads=2,
+        first_frame_condition_mode="concat",
+        augment_temporal_attention=True,
+        use_frame_stride_condition=True,
     )
     models = {name: build_unet(config, attention=name, platform="cpu") for name in ("xla", "splash")}
     assert models["splash"].attention_implementation.spatial == "splash"
@@ -124,7 +139,7 @@ def test_tiny_unet_with_splash_equals_xla_forward_and_backward():
     args = [inputs[k] for k in ("sample", "timesteps", "encoder_hidden_states", "first_frame_latents", "frame_stride")]
 
     def value_and_grad(model):
-        loss = lambda p: jnp.mean(jnp.square(apply_unet(model, p, *args)))  # noqa: E731
+        loss = lambda p: jnp.mean(jnp.square(apply_unet(model, p, *args)))
         return jax.jit(jax.value_and_grad(loss))(params)
 
     (loss_xla, grads_xla), (loss_splash, grads_splash) = value_and_grad(models["xla"]), value_and_grad(models["splash"])

@@ -19,6 +19,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 TOLERANCE = 1e-4
+
+
 @pytest.fixture(scope="module")
 def reference_vae(tmp_path_factory):
     """(torch AutoencoderKL with every weight random, its saved `vae/` folder)."""
@@ -94,7 +96,9 @@ def test_legacy_attention_names_load(tmp_path, reference_vae, images):
     (tmp_path / "vae").mkdir()
     save_file(renamed, str(tmp_path / "vae" / WEIGHTS_NAME))
     (tmp_path / "vae" / CONFIG_NAME).write_text(open(os.path.join(folder, CONFIG_NAME)).read())
-    np.testing.assert_array_equal(load_vae(str(tmp_path / "vae")).decode(np.zeros((1, 8, 8, 4))), load_vae(folder).decode(np.zeros((1, 8, 8, 4))))
+    np.testing.assert_array_equal(
+        load_vae(str(tmp_path / "vae")).decode(np.zeros((1, 8, 8, 4))), load_vae(folder).decode(np.zeros((1, 8, 8, 4)))
+    )
 
 
 def test_bad_folders_name_the_file_and_key(tmp_path, reference_vae):
@@ -108,7 +112,9 @@ def test_bad_folders_name_the_file_and_key(tmp_path, reference_vae):
     save_file(state, str(tmp_path / "vae" / WEIGHTS_NAME))
     config = json.loads(open(os.path.join(folder, CONFIG_NAME)).read())
     (tmp_path / "vae" / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"diffusion_pytorch_model.safetensors does not match.*decoder\.conv_in\.weight.*encoder\.conv_out\.bias"):
+    with pytest.raises(
+        ValueError, match=r"diffusion_pytorch_model.safetensors does not match.*decoder\.conv_in\.weight.*encoder\.conv_out\.bias"
+    ):
         load_vae(str(tmp_path / "vae"))
     (tmp_path / "vae" / CONFIG_NAME).write_text(json.dumps({**config, "act_fn": "gelu"}))
     with pytest.raises(ValueError, match="config.json.*act_fn"):

@@ -13,8 +13,9 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def dinov2():
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, patch_size=4, image_size=16,
-                                       layerscale_value=0.5)
+    config = transformers.Dinov2Config(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, patch_size=4, image_size=16, layerscale_value=0.5
+    )
     torch.manual_seed(0)
     model = transformers.Dinov2Model(config).eval()
     with torch.no_grad():

@@ -110,8 +110,16 @@ def test_bad_folders_name_the_file_and_key(tmp_path, text_encoder_dirs):
 
 def test_config_reads_the_architecture_keys():
     sd2 = CLIPTextConfig.from_transformers(
-        dict(model_type="clip_text_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-             num_attention_heads=16, hidden_act="gelu", projection_dim=512, torch_dtype="float32")
+        dict(
+            model_type="clip_text_model",
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            hidden_act="gelu",
+            projection_dim=512,
+            torch_dtype="float32",
+        )
     )
     assert (sd2.num_hidden_layers, sd2.hidden_size, sd2.hidden_act) == (23, 1024, "gelu")
     assert CLIPTextConfig.from_transformers(sd2.to_transformers()) == sd2

@@ -33,9 +33,24 @@ def test_a_second_sample_run_loads_its_programs_from_the_cache(tmp_path):
     # JAX's own settings left to the command (the suite's shared cache skips sub-0.5 s programs).
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_PERSISTENT_CACHE_")}
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    command = [sys.executable, str(ROOT / "launch" / "sample.py"), "--config", str(ROOT / "configs" / "micro.py"), "--random-params",
-               "--image", str(ROOT / "assets" / "red_circle_blue_square.png"), "--prompt", "a red circle moves left", "--steps", "2",
-               "--formats", "gif", "--no-progress", "--compilation-cache", str(cache)]
+    command = [
+        sys.executable,
+        str(ROOT / "launch" / "sample.py"),
+        "--config",
+        str(ROOT / "configs" / "micro.py"),
+        "--random-params",
+        "--image",
+        str(ROOT / "assets" / "red_circle_blue_square.png"),
+        "--prompt",
+        "a red circle moves left",
+        "--steps",
+        "2",
+        "--formats",
+        "gif",
+        "--no-progress",
+        "--compilation-cache",
+        str(cache),
+    ]
     compile_seconds = []
     for run in ("first", "second"):
         result = subprocess.run(command + ["--out", str(tmp_path / run)], env=env, capture_output=True, text=True, timeout=600)

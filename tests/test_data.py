@@ -5,8 +5,8 @@ import pytest
 
 from jax_i2v.data.moving_shapes import (
     BLUR_SIGMA,
-    COLOURS,
     COLOUR_NAMES,
+    COLOURS,
     DIRECTION_NAMES,
     DIRECTIONS,
     NOISE_STD,

@@ -16,14 +16,17 @@ def test_fifty_leading_steps_are_981_to_1():
     np.testing.assert_array_equal(ddim_timesteps(50), np.arange(981, 0, -20))
 
 
-@pytest.mark.parametrize("spacing,steps,expected", [
-    ("leading", 4, [751, 501, 251, 1]),
-    ("trailing", 4, [999, 749, 499, 249]),
-    ("linspace", 4, [999, 666, 333, 0]),
-    ("leading", 1, [1]),
-    ("trailing", 1, [999]),
-    ("linspace", 1, [0]),
-])
+@pytest.mark.parametrize(
+    "spacing,steps,expected",
+    [
+        ("leading", 4, [751, 501, 251, 1]),
+        ("trailing", 4, [999, 749, 499, 249]),
+        ("linspace", 4, [999, 666, 333, 0]),
+        ("leading", 1, [1]),
+        ("trailing", 1, [999]),
+        ("linspace", 1, [0]),
+    ],
+)
 def test_spacings(spacing, steps, expected):
     np.testing.assert_array_equal(ddim_timesteps(steps, DDIMConfig(timestep_spacing=spacing)), expected)
 
@@ -80,7 +83,7 @@ def test_one_compilation_for_every_step_count_and_progress_reports_each_step():
     @jax.jit
     def run(x, timesteps, num_steps, eta):
         traces.append(num_steps)
-        zero_model = lambda x, t: jnp.zeros_like(x)  # noqa: E731
+        zero_model = lambda x, t: jnp.zeros_like(x)
         return ddim_sample(zero_model, x, jax.random.key(0), timesteps, num_steps, SCHEDULE, CONFIG, eta, True)
 
     x = jnp.ones((1, 2, 2, 2, 1))
@@ -107,12 +110,15 @@ def _marker_model(sample, timesteps, text, first, stride):
     return jnp.zeros_like(sample) + marker[:, None, None, None, None]
 
 
-@pytest.mark.parametrize("mode,expected", [
-    # caption 1, empty caption 0, clean first frame 10, noisy first frame 100
-    ("none", 1.1),
-    ("text", 0.1 + 7.5 * (1.1 - 0.1)),
-    ("text_image", 1.0 + 1.5 * (0.1 - 1.0) + 7.5 * (1.1 - 0.1)),
-])
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        # caption 1, empty caption 0, clean first frame 10, noisy first frame 100
+        ("none", 1.1),
+        ("text", 0.1 + 7.5 * (1.1 - 0.1)),
+        ("text_image", 1.0 + 1.5 * (0.1 - 1.0) + 7.5 * (1.1 - 0.1)),
+    ],
+)
 def test_guidance_combinations(mode, expected):
     b = 2
     cond = Conditioning(

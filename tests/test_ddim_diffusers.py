@@ -30,7 +30,9 @@ def test_scheduler_config_round_trips_through_diffusers():
 def test_alphas_cumprod(beta_schedule, zero_snr):
     config, reference = _pair(beta_schedule=beta_schedule, rescale_betas_zero_snr=zero_snr, prediction_type="v_prediction")
     # The rescale divides consecutive float32 products, so its cumprod differs in the last bits.
-    np.testing.assert_allclose(config.schedule().alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5 if zero_snr else 2e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        config.schedule().alphas_cumprod, reference.alphas_cumprod.numpy(), rtol=1e-5 if zero_snr else 2e-6, atol=1e-9
+    )
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -46,8 +48,13 @@ def test_timesteps_for_every_step_count(spacing):
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
 def test_steps_match(prediction_type, zero_snr, eta, set_alpha_to_one):
     # Trailing spacing starts at t = 999, the pure-noise step of a zero-SNR schedule.
-    config, reference = _pair(prediction_type=prediction_type, set_alpha_to_one=set_alpha_to_one, rescale_betas_zero_snr=zero_snr,
-                              timestep_spacing="trailing" if zero_snr else "leading", steps_offset=0 if zero_snr else 1)
+    config, reference = _pair(
+        prediction_type=prediction_type,
+        set_alpha_to_one=set_alpha_to_one,
+        rescale_betas_zero_snr=zero_snr,
+        timestep_spacing="trailing" if zero_snr else "leading",
+        steps_offset=0 if zero_snr else 1,
+    )
     schedule = config.schedule()
     steps = 50
     reference.set_timesteps(steps)
@@ -56,9 +63,7 @@ def test_steps_match(prediction_type, zero_snr, eta, set_alpha_to_one):
     for t in ddim_timesteps(steps, config)[[0, 10, 25, 48, 49]]:
         output = rng.standard_normal(sample.shape).astype(np.float32)
         noise = rng.standard_normal(sample.shape).astype(np.float32)
-        want = reference.step(
-            torch.from_numpy(output), int(t), torch.from_numpy(sample), eta=eta, variance_noise=torch.from_numpy(noise)
-        )
+        want = reference.step(torch.from_numpy(output), int(t), torch.from_numpy(sample), eta=eta, variance_noise=torch.from_numpy(noise))
         got, x0 = ddim_step(schedule, config, output, t, previous_timestep(t, steps, config), sample, eta, noise)
         np.testing.assert_allclose(got, want.prev_sample.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"t={t}")
         np.testing.assert_allclose(x0, want.pred_original_sample.numpy(), rtol=1e-4, atol=1e-4, err_msg=f"t={t}")

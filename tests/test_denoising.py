@@ -35,7 +35,9 @@ def _oracle(prediction_type):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_an_oracle_denoises_perfectly_at_every_noise_level(prediction_type):
-    errors = denoising_errors(_oracle(prediction_type), SCHEDULE, prediction_type, CLEAN, None, TEXT, STRIDE, (0, 10, 500, 999), jax.random.key(1))
+    errors = denoising_errors(
+        _oracle(prediction_type), SCHEDULE, prediction_type, CLEAN, None, TEXT, STRIDE, (0, 10, 500, 999), jax.random.key(1)
+    )
     assert set(errors) == {0, 10, 500, 999}
     for t, e in errors.items():
         assert e["x0_mse"] < 1e-8 and e["eps_mse"] < 1e-6, (t, e)
@@ -70,9 +72,23 @@ def test_timesteps_outside_the_schedule_are_refused():
 def test_denoising_profile_cli_on_a_trained_checkpoint(micro_run):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     run = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "denoising_profile.py"), "--checkpoint", str(micro_run), "--num-videos", "2",
-         "--seed", "1", "--timesteps", "10", "999"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "denoising_profile.py"),
+            "--checkpoint",
+            str(micro_run),
+            "--num-videos",
+            "2",
+            "--seed",
+            "1",
+            "--timesteps",
+            "10",
+            "999",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.splitlines()[-1])

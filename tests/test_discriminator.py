@@ -176,11 +176,17 @@ def test_the_cpu_demo_discriminator_tells_clean_frames_from_degraded_ones():
 
     def logits(params, stats, images, key):
         features = backbone.apply({"params": backbone_params}, backbone_input(diff_augment(key, images, mcm.disc_augment), size))
-        out, updated = model.apply({"params": params, "batch_stats": stats}, features, condition, update_stats=True, mutable=["batch_stats"])
+        out, updated = model.apply(
+            {"params": params, "batch_stats": stats}, features, condition, update_stats=True, mutable=["batch_stats"]
+        )
         return out, updated["batch_stats"]
 
-    variables = model.init(jax.random.key(1), backbone.apply({"params": backbone_params}, backbone_input(jnp.asarray(real[:8]), size)),
-                           condition, update_stats=False)
+    variables = model.init(
+        jax.random.key(1),
+        backbone.apply({"params": backbone_params}, backbone_input(jnp.asarray(real[:8]), size)),
+        condition,
+        update_stats=False,
+    )
     params, stats = variables["params"], variables["batch_stats"]
     optimizer = optax.adamw(3e-3, weight_decay=0.0)
     opt_state = optimizer.init(params)
@@ -198,9 +204,12 @@ def test_the_cpu_demo_discriminator_tells_clean_frames_from_degraded_ones():
 
     rng = np.random.default_rng(0)
     for i in range(200):
-        params, stats, opt_state = step(params, stats, opt_state, real[rng.integers(len(real), size=8)],
-                                        fake[rng.integers(len(fake), size=8)], jax.random.key(i))
+        params, stats, opt_state = step(
+            params, stats, opt_state, real[rng.integers(len(real), size=8)], fake[rng.integers(len(fake), size=8)], jax.random.key(i)
+        )
     test_real, test_fake = frames("clean", held_out), frames("degraded", held_out)
-    scores = lambda images: np.concatenate([logits(params, stats, images[i : i + 8], jax.random.key(0))[0].mean(axis=1) for i in range(0, 56, 8)])
+    scores = lambda images: np.concatenate(
+        [logits(params, stats, images[i : i + 8], jax.random.key(0))[0].mean(axis=1) for i in range(0, 56, 8)]
+    )
     real_scores, fake_scores = scores(test_real), scores(test_fake)
     assert (real_scores[:, None] > fake_scores[None, :]).mean() > 0.9  # held-out pairs ranked right

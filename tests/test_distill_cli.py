@@ -22,9 +22,18 @@ STEPS = 4
 
 def _distill(workdir, teacher, images_dir, *overrides):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    command = [sys.executable, str(ROOT / "launch" / "distill.py"), f"--config={ROOT / 'configs' / 'mcm_micro.py'}", f"--workdir={workdir}",
-               f"--config.teacher={teacher}", f"--config.images.dir={images_dir}", "--config.tensorboard=False",
-               f"--config.distill.steps={STEPS}", "--config.distill.checkpoint_every=2", *overrides]
+    command = [
+        sys.executable,
+        str(ROOT / "launch" / "distill.py"),
+        f"--config={ROOT / 'configs' / 'mcm_micro.py'}",
+        f"--workdir={workdir}",
+        f"--config.teacher={teacher}",
+        f"--config.images.dir={images_dir}",
+        "--config.tensorboard=False",
+        f"--config.distill.steps={STEPS}",
+        "--config.distill.checkpoint_every=2",
+        *overrides,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

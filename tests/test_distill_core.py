@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from jax_i2v.diffusion.lcm import boundary_scalings, consistency_output, lcm_timesteps, solver_timesteps
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill import lora
-from jax_i2v.diffusion.lcm import boundary_scalings, consistency_output, lcm_timesteps, solver_timesteps
 from jax_i2v.distill.consistency import consistency_loss, ddim_solver_step, lcm_guidance, solver_previous_timesteps
 from jax_i2v.distill.motion import SpatialHead, frequency_split, motion_representation
 

@@ -98,8 +98,13 @@ def test_frame_quality_sees_the_degradations_of_mcm_low_quality_videos():
         example = generate_example(1, index, config)
         worse = generate_example(1, index, dataclasses.replace(config, quality="degraded"))
         blur = np.round(gaussian_blur(example["video"].astype(float), BLUR_SIGMA)).astype(np.uint8)
-        videos = dict(clean=example["video"], degraded=worse["video"], blurred=blur,
-                      clean_coded=coded(example["video"]), degraded_coded=coded(worse["video"]))
+        videos = dict(
+            clean=example["video"],
+            degraded=worse["video"],
+            blurred=blur,
+            clean_coded=coded(example["video"]),
+            degraded_coded=coded(worse["video"]),
+        )
         for name, video in videos.items():
             scores[name].append(frame_quality(video, example["masks"]))
     s = {name: average(values) for name, values in scores.items()}

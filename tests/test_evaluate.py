@@ -21,10 +21,31 @@ def test_train_then_evaluate(micro_run, tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     workdir = micro_run
     evaluate = subprocess.run(
-        [sys.executable, str(ROOT / "launch" / "evaluate.py"), "--checkpoint", str(workdir), "--bench", "synthetic",
-         "--num-videos", "4", "--seed", "3", "--steps", "2", "--frameinit-ds", "0.5", "--codec-reference", "--out", str(tmp_path / "scores.json"),
-         "--gif", str(tmp_path / "samples.gif")],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "launch" / "evaluate.py"),
+            "--checkpoint",
+            str(workdir),
+            "--bench",
+            "synthetic",
+            "--num-videos",
+            "4",
+            "--seed",
+            "3",
+            "--steps",
+            "2",
+            "--frameinit-ds",
+            "0.5",
+            "--codec-reference",
+            "--out",
+            str(tmp_path / "scores.json"),
+            "--gif",
+            str(tmp_path / "samples.gif"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     result = json.loads(evaluate.stdout.splitlines()[-1])
@@ -55,8 +76,13 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
     # tiny samples eta's noise independently per frame (its README measurement); else the noise alpha.
     assert settings["fresh_noise_alpha"] == config.sampling.fresh_noise_alpha == 0.0
     del config.sampling["fresh_noise_alpha"]
-    assert evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))["fresh_noise_alpha"] == 0.5
-    settings = evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5", "--fresh-noise-alpha", "2"]))
+    assert (
+        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))["fresh_noise_alpha"]
+        == 0.5
+    )
+    settings = evaluate.sampling_settings(
+        config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5", "--fresh-noise-alpha", "2"])
+    )
     assert settings["fresh_noise_alpha"] == 2.0
 
     calls = []
@@ -80,8 +106,22 @@ def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
 def test_ode_reference_distance_is_zero_for_the_same_sampler_and_grows_with_fewer_steps(micro_run, tmp_path):
     """The reference videos start from the benchmark's noise: the model's own DDIM (eta 0) videos
     are at distance 0, and fewer steps land elsewhere."""
-    common = ["--checkpoint", str(micro_run), "--num-videos", "2", "--seed", "2", "--eta", "0", "--ode-reference", str(micro_run),
-              "--ode-reference-steps", "3", "--out", str(tmp_path / "scores.json")]
+    common = [
+        "--checkpoint",
+        str(micro_run),
+        "--num-videos",
+        "2",
+        "--seed",
+        "2",
+        "--eta",
+        "0",
+        "--ode-reference",
+        str(micro_run),
+        "--ode-reference-steps",
+        "3",
+        "--out",
+        str(tmp_path / "scores.json"),
+    ]
     same = evaluate.main(common + ["--steps", "3"])
     assert same["model"]["reference_distance"] == 0.0
     assert [v["model"]["reference_distance"] for v in same["per_video"]] == [0.0] * 2

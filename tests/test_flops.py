@@ -49,9 +49,7 @@ TOLERANCE = 0.05
 # LLVM optimisation does not change the HLO that the cost model reads, only how long compiling takes.
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-SMALL = dict(
-    block_out_channels=(32, 64), attention_head_dim=(1, 2), n_temp_heads=2, cross_attention_dim=16, sample_size=8
-)
+SMALL = dict(block_out_channels=(32, 64), attention_head_dim=(1, 2), n_temp_heads=2, cross_attention_dim=16, sample_size=8)
 # Every branch of the walk: three levels with mixed block types, two layers per block, odd and
 # non-square sizes (downsample rounding, upsample to the skip's size), conv2d first-frame mode,
 # downsample padding 0, sinusoidal positions, no temporal window, mode "none", no temporal layers.

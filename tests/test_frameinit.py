@@ -50,9 +50,7 @@ def test_frame_init_keeps_the_static_videos_mean():
     np.testing.assert_allclose(mixed.mean(axis=(1, 2, 3)), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [dict(filter_type="median"), dict(d_s=-1.0), dict(order=0), dict(noise_level=1001)]
-)
+@pytest.mark.parametrize("kwargs", [dict(filter_type="median"), dict(d_s=-1.0), dict(order=0), dict(noise_level=1001)])
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         FrameInitConfig(**kwargs)

@@ -27,7 +27,14 @@ diffusers = pytest.importorskip("diffusers")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
-VIDEO = dict(use_temporal=True, n_frames=4, n_temp_heads=4, augment_temporal_attention=True, temp_pos_embedding="rotary", use_frame_stride_condition=True)
+VIDEO = dict(
+    use_temporal=True,
+    n_frames=4,
+    n_temp_heads=4,
+    augment_temporal_attention=True,
+    temp_pos_embedding="rotary",
+    use_frame_stride_condition=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,11 @@ def image_unet(tmp_path_factory):
 
 
 def _video_unet(mode: str):
-    config = dataclasses.replace(UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY_IMAGE_UNET.items()}), first_frame_condition_mode=mode, **VIDEO)
+    config = dataclasses.replace(
+        UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY_IMAGE_UNET.items()}),
+        first_frame_condition_mode=mode,
+        **VIDEO,
+    )
     model = build_unet(config)
     fresh = model.init(jax.random.key(1), **dummy_inputs(config))["params"]
     return model, fresh
@@ -71,7 +82,9 @@ def test_inflated_video_unet_is_the_image_unet_on_every_frame(image_unet):
 def test_concat_mode_inflates_the_same_spatial_weights(image_unet):
     _, folder = image_unet
     inflated = [traverse_util.flatten_dict(inflate_unet(str(folder), *_video_unet(mode))) for mode in ("none", "concat")]
-    spatial = [{path for path in flat if not any(n.startswith(("conv3ds", "tempo_attns", "frame_stride")) for n in path)} for flat in inflated]
+    spatial = [
+        {path for path in flat if not any(n.startswith(("conv3ds", "tempo_attns", "frame_stride")) for n in path)} for flat in inflated
+    ]
     assert spatial[0] == spatial[1] and len(spatial[0]) > 50
     for path in spatial[0]:
         np.testing.assert_array_equal(inflated[0][path], inflated[1][path])
@@ -86,8 +99,9 @@ def test_sharded_params_are_inflated_shard_by_shard(image_unet):
     sharded = jax.device_put(fresh, params_shardings(fresh, mesh))
     inflated, expected = inflate_unet(str(folder), model, sharded), inflate_unet(str(folder), model, fresh)
     split = 0
-    for (path, got), before, want in zip(jax.tree_util.tree_leaves_with_path(inflated), jax.tree_util.tree_leaves(sharded),
-                                          jax.tree_util.tree_leaves(expected)):
+    for (path, got), before, want in zip(
+        jax.tree_util.tree_leaves_with_path(inflated), jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(expected)
+    ):
         assert got.sharding == before.sharding, jax.tree_util.keystr(path)
         split += not got.sharding.is_fully_replicated
         np.testing.assert_array_equal(got, want)
@@ -99,19 +113,35 @@ def test_training_starts_from_the_image_unet(tmp_path):
     """launch/train.py with train.init_from_image_unet: at learning rate ~0 the saved params are the
     image UNet's spatial weights with the temporal layers switched off."""
     micro = load_config(str(ROOT / "configs" / "micro.py")).unet
-    spatial = dict(in_channels=micro.in_channels, out_channels=micro.out_channels, down_block_types=list(micro.down_block_types),
-                   up_block_types=list(micro.up_block_types), block_out_channels=list(micro.block_out_channels),
-                   layers_per_block=micro.layers_per_block, attention_head_dim=list(micro.attention_head_dim),
-                   cross_attention_dim=micro.cross_attention_dim, norm_num_groups=micro.norm_num_groups,
-                   use_linear_projection=True, sample_size=micro.sample_size)
+    spatial = dict(
+        in_channels=micro.in_channels,
+        out_channels=micro.out_channels,
+        down_block_types=list(micro.down_block_types),
+        up_block_types=list(micro.up_block_types),
+        block_out_channels=list(micro.block_out_channels),
+        layers_per_block=micro.layers_per_block,
+        attention_head_dim=list(micro.attention_head_dim),
+        cross_attention_dim=micro.cross_attention_dim,
+        norm_num_groups=micro.norm_num_groups,
+        use_linear_projection=True,
+        sample_size=micro.sample_size,
+    )
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(**spatial)
     unet.save_pretrained(tmp_path / "sd" / "unet", safe_serialization=True)
     workdir = tmp_path / "run"
-    command = [sys.executable, str(ROOT / "launch" / "train.py"), f"--config={ROOT / 'configs' / 'micro.py'}", f"--workdir={workdir}",
-               f"--config.data.dir={tmp_path / 'data'}", "--config.train.steps=1", "--config.tensorboard=False",
-               f"--config.train.init_from_image_unet={tmp_path / 'sd' / 'unet'}", "--config.train.temporal_mixer_init=1.0",
-               "--config.optim.learning_rate=1e-12"]
+    command = [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        f"--config={ROOT / 'configs' / 'micro.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.dir={tmp_path / 'data'}",
+        "--config.train.steps=1",
+        "--config.tensorboard=False",
+        f"--config.train.init_from_image_unet={tmp_path / 'sd' / 'unet'}",
+        "--config.train.temporal_mixer_init=1.0",
+        "--config.optim.learning_rate=1e-12",
+    ]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

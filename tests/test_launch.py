@@ -13,8 +13,23 @@ from launch import benchmark
 def test_benchmark_prints_one_json_line(reference_dir, reference_unet, capsys):
     _, params = reference_unet
     benchmark.main(
-        ["--unet-config", str(reference_dir / "unet" / "config.json"), "--batch", "1", "--frames", "3",
-         "--latent-hw", "8", "8", "--text-len", "4", "--warmup", "1", "--iters", "2"]
+        [
+            "--unet-config",
+            str(reference_dir / "unet" / "config.json"),
+            "--batch",
+            "1",
+            "--frames",
+            "3",
+            "--latent-hw",
+            "8",
+            "8",
+            "--text-len",
+            "4",
+            "--warmup",
+            "1",
+            "--iters",
+            "2",
+        ]
     )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
@@ -43,8 +58,24 @@ def test_train_video_features_mixes_settings_and_writes_loadable_weights(tmp_pat
     assert labels["shape"].shape == (6, 3)
 
     out = tmp_path / "features.safetensors"
-    result = train_video_features.main(["--steps", "2", "--train-videos", "4", "--test-videos", "4", "--batch-size", "2",
-                                        "--frames", "4", "--out", str(out), "--dataset-configs", tiny])
+    result = train_video_features.main(
+        [
+            "--steps",
+            "2",
+            "--train-videos",
+            "4",
+            "--test-videos",
+            "4",
+            "--batch-size",
+            "2",
+            "--frames",
+            "4",
+            "--out",
+            str(out),
+            "--dataset-configs",
+            tiny,
+        ]
+    )
     assert set(result["held_out_accuracy_by_setting"]) == {"defaults", tiny}
     videos = (np.random.default_rng(0).random((3, 4, 32, 32, 3)) * 255).astype("uint8")
     assert VideoFeatures.load(str(out)).features(videos).shape == (3, 64)

@@ -29,8 +29,9 @@ def test_steps_equal_diffusers_with_the_same_noise(prediction_type):
     for i, t in enumerate(timesteps):
         model_output = rng.standard_normal(sample.shape).astype(np.float32)
         noise = torch.randn(sample.shape, generator=torch.Generator().manual_seed(i))
-        expected = reference.step(torch.from_numpy(model_output), int(t), torch.from_numpy(np.array(ours)),
-                                  generator=torch.Generator().manual_seed(i)).prev_sample
+        expected = reference.step(
+            torch.from_numpy(model_output), int(t), torch.from_numpy(np.array(ours)), generator=torch.Generator().manual_seed(i)
+        ).prev_sample
         next_t = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ours, _ = lcm_step(schedule, config, jnp.asarray(model_output), int(t), next_t, ours, jnp.asarray(noise.numpy()))
         np.testing.assert_allclose(ours, expected.numpy(), atol=2e-5, rtol=1e-5)

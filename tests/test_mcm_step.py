@@ -84,11 +84,11 @@ def test_one_step_trains_student_head_and_discriminator(single):
         assert all(np.isfinite(v) for v in metrics.values()), metrics
     name = next(iter(initial.student))
     assert not np.any(initial.student[name]["b"]) and np.any(state.student[name]["b"])  # LoRA B leaves zero
-    moved = lambda a, b: any(not np.allclose(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))  # noqa: E731
+    moved = lambda a, b: any(not np.allclose(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
     assert moved(initial.head, state.head) and moved(initial.head_ema, state.head_ema) and moved(initial.disc, state.disc)
     assert moved(initial.disc_stats, state.disc_stats)  # spectral-norm power iterations
     # The head's EMA trails the head: 0.95 ema + 0.05 head each step.
-    out_kernel = lambda tree: np.asarray(tree["out"]["kernel"])  # noqa: E731
+    out_kernel = lambda tree: np.asarray(tree["out"]["kernel"])
     assert np.abs(out_kernel(state.head_ema)).max() < np.abs(out_kernel(state.head)).max()
 
 
@@ -98,7 +98,18 @@ def test_a_nonfinite_step_changes_nothing_but_the_step(single):
     assert [m["nonfinite"] for m in history] == [0.0] * len(history)
     assert nan_metrics["nonfinite"] == 1.0 and not np.isfinite(nan_metrics["g_loss"])
     assert int(after_nan.step) == int(trained.step) + 1
-    for field in ("student", "target", "head", "head_ema", "disc", "disc_stats", "gen_opt_state", "disc_opt_state", "gp_weight", "gp_quiet_steps"):
+    for field in (
+        "student",
+        "target",
+        "head",
+        "head_ema",
+        "disc",
+        "disc_stats",
+        "gen_opt_state",
+        "disc_opt_state",
+        "gp_weight",
+        "gp_quiet_steps",
+    ):
         for a, b in zip(jax.tree_util.tree_leaves(getattr(after_nan, field)), jax.tree_util.tree_leaves(getattr(trained, field))):
             np.testing.assert_array_equal(a, b, err_msg=field)
 

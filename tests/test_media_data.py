@@ -11,14 +11,13 @@ import time
 
 import numpy as np
 import pytest
+from media_inputs import FRAMES, MIN_FRAMES, RESOLUTION, write_image_inputs, write_video_inputs
 
 from jax_i2v import media
 from jax_i2v.data import sources
 from jax_i2v.data.decode import SkipReason, decode_frames, decode_image
 from jax_i2v.data.media_tfds import build_media_dataset, load_media_dataset, read_manifest
 from jax_i2v.data.video_pipeline import UNREADABLE_KEY, ClipConfig, image_dataset, make_clip, mcm_clips, training_dataset
-
-from media_inputs import FRAMES, MIN_FRAMES, RESOLUTION, write_image_inputs, write_video_inputs
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # H.264 at crf 18 in yuv420p on 32x32 frames with sharp edges: small mean error, larger at edges.
@@ -34,8 +33,9 @@ def inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def jsonl_build(inputs, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("jsonl_data")
-    builder = build_media_dataset(data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"],
-                                  min_frames=MIN_FRAMES, num_workers=2)
+    builder = build_media_dataset(
+        data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=MIN_FRAMES, num_workers=2
+    )
     return builder.data_dir
 
 
@@ -77,7 +77,11 @@ def test_jsonl_build_keeps_exactly_the_good_videos_with_their_frames_and_caption
         example = examples[path]
         assert example["caption"].decode() == caption
         assert (int(example["num_frames"]), float(example["fps"]), int(example["height"]), int(example["width"])) == (
-            FRAMES, 8.0, RESOLUTION, RESOLUTION)
+            FRAMES,
+            8.0,
+            RESOLUTION,
+            RESOLUTION,
+        )
         _assert_right_frames(decode_frames(example["video"], np.arange(FRAMES)), frames)
     _assert_manifest(jsonl_build, len(good), inputs["bad_jsonl"])
 
@@ -190,7 +194,9 @@ def test_a_video_that_no_longer_decodes_is_replaced_and_counted(jsonl_build):
 
 def test_a_rebuild_reuses_the_dataset_and_other_inputs_under_the_same_name_fail(inputs, jsonl_build):
     data_dir = pathlib.Path(jsonl_build).parents[2]
-    again = build_media_dataset(data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=MIN_FRAMES)
+    again = build_media_dataset(
+        data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=MIN_FRAMES
+    )
     assert again.data_dir == jsonl_build
     with pytest.raises(ValueError, match="was built from"):
         build_media_dataset(data_dir, "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=2)
@@ -222,8 +228,10 @@ def test_a_killed_build_leaves_nothing_prepared_and_the_rerun_builds_it(inputs, 
     jsonl.write_text("\n".join(lines) + "\n")
     data_dir = tmp_path / "data"
     args = dict(jsonl=str(jsonl), video_folder=inputs["video_folder"], min_frames=MIN_FRAMES)
-    script = ("import sys; from jax_i2v.data.media_tfds import build_media_dataset; "
-              f"build_media_dataset({str(data_dir)!r}, 'long', 'jsonl', **{args!r})")
+    script = (
+        "import sys; from jax_i2v.data.media_tfds import build_media_dataset; "
+        f"build_media_dataset({str(data_dir)!r}, 'long', 'jsonl', **{args!r})"
+    )
     process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parent = data_dir / "video_text" / "long"
     deadline = time.time() + 120

@@ -23,15 +23,30 @@ STEPS = 6
 
 
 def _train(workdir, data_dir, *overrides):
-    return [sys.executable, str(ROOT / "launch" / "train.py"), f"--config={ROOT / 'configs' / 'micro.py'}", f"--workdir={workdir}",
-            f"--config.data.dir={data_dir}", f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=1000",
-            f"--config.train.sample_every={STEPS}", "--config.train.sample_videos=2", "--config.tensorboard=False",
-            *FSDP_MESH, *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        f"--config={ROOT / 'configs' / 'micro.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=1000",
+        f"--config.train.sample_every={STEPS}",
+        "--config.train.sample_videos=2",
+        "--config.tensorboard=False",
+        *FSDP_MESH,
+        *overrides,
+    ]
 
 
 def _export(checkpoint, out):
-    return [sys.executable, str(ROOT / "launch" / "export_params.py"), f"--checkpoint={checkpoint}", f"--out={out}/params",
-            f"--unet_folder={out}/unet"]
+    return [
+        sys.executable,
+        str(ROOT / "launch" / "export_params.py"),
+        f"--checkpoint={checkpoint}",
+        f"--out={out}/params",
+        f"--unet_folder={out}/unet",
+    ]
 
 
 def _losses(workdir):
@@ -102,9 +117,18 @@ def test_training_split_across_processes_equals_one_process(tmp_path):
 
 
 def _distill(workdir, teacher, images_dir):
-    return [sys.executable, str(ROOT / "launch" / "distill.py"), f"--config={ROOT / 'configs' / 'mcm_micro.py'}", f"--workdir={workdir}",
-            f"--config.teacher={teacher}", f"--config.images.dir={images_dir}", "--config.tensorboard=False",
-            "--config.distill.steps=3", "--config.distill.checkpoint_every=1000", *FSDP_MESH]
+    return [
+        sys.executable,
+        str(ROOT / "launch" / "distill.py"),
+        f"--config={ROOT / 'configs' / 'mcm_micro.py'}",
+        f"--workdir={workdir}",
+        f"--config.teacher={teacher}",
+        f"--config.images.dir={images_dir}",
+        "--config.tensorboard=False",
+        "--config.distill.steps=3",
+        "--config.distill.checkpoint_every=1000",
+        *FSDP_MESH,
+    ]
 
 
 @pytest.mark.slow

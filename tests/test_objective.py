@@ -118,7 +118,9 @@ def test_timestep_bias_draws_the_noisiest_portion_more_often():
     from jax_i2v.diffusion.objective import sample_timesteps
 
     n = 40000
-    biased = np.asarray(sample_timesteps(jax.random.key(9), n, 1000, ObjectiveConfig(timestep_bias_multiplier=3.0, timestep_bias_portion=0.3)))
+    biased = np.asarray(
+        sample_timesteps(jax.random.key(9), n, 1000, ObjectiveConfig(timestep_bias_multiplier=3.0, timestep_bias_portion=0.3))
+    )
     assert biased.min() >= 0 and biased.max() <= 999
     expected = 0.3 * 3 / (0.7 + 0.3 * 3)  # share of t >= 700
     assert abs((biased >= 700).mean() - expected) < 5 * np.sqrt(expected * (1 - expected) / n)

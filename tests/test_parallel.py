@@ -99,7 +99,9 @@ def _toy_step(mesh, step_config, optim=OPTIM):
 
     optimizer = make_optimizer(optim)
     state = state_from_params(params, optimizer, mesh, use_ema=step_config.ema_decay > 0)
-    step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), state_shardings(state, optimizer, mesh), mesh, config=step_config)
+    step = make_train_step(
+        loss_fn, optimizer, learning_rate_schedule(optim), state_shardings(state, optimizer, mesh), mesh, config=step_config
+    )
     rng = np.random.default_rng(0)
     batch = {"x": rng.standard_normal((16, 32)).astype(np.float32), "y": rng.standard_normal((16, 16)).astype(np.float32)}
     new_state, metrics = step(state, batch, np.zeros((1,), np.float32), jax.random.key(0))
@@ -122,12 +124,18 @@ def test_micro_batches_keep_the_batch_layout():
     optimizer = make_optimizer(OPTIM)
     params = {"proj": {"kernel": np.zeros((32, 16), np.float32)}}
     state = state_from_params(params, optimizer, mesh)
-    loss_fn = lambda p, batch, null_text, rng: jnp.mean(jnp.square(batch["x"] @ p["proj"]["kernel"] - batch["y"]))  # noqa: E731
+    loss_fn = lambda p, batch, null_text, rng: jnp.mean(jnp.square(batch["x"] @ p["proj"]["kernel"] - batch["y"]))
     batch = {"x": np.zeros((32, 32), np.float32), "y": np.zeros((32, 16), np.float32)}
     hlo = {}
     for steps in (1, 4):
-        step = make_train_step(loss_fn, optimizer, learning_rate_schedule(OPTIM), state_shardings(state, optimizer, mesh), mesh,
-                               config=StepConfig(grad_accum_steps=steps))
+        step = make_train_step(
+            loss_fn,
+            optimizer,
+            learning_rate_schedule(OPTIM),
+            state_shardings(state, optimizer, mesh),
+            mesh,
+            config=StepConfig(grad_accum_steps=steps),
+        )
         hlo[steps] = step.lower(state, batch, np.zeros((1,), np.float32), jax.random.key(0)).compile().as_text()
     moves = ("all-to-all", "collective-permute", "all-gather")
     assert not any(op in hlo[4] for op in moves), [op for op in moves if op in hlo[4]]

@@ -117,7 +117,7 @@ def test_zero_prediction_chunk_is_frameinit_noise_scaled_analytically():
     text = jnp.ones((b, 4, 6))
     mask = low_pass_filter(f, h, w, FrameInitConfig())
     options = _options(50, frames=f, size=h, text_scale=7.5, use_frameinit=True)
-    zero_model = lambda sample, *args: jnp.zeros_like(sample)  # noqa: E731
+    zero_model = lambda sample, *args: jnp.zeros_like(sample)
     out = sample_chunk(zero_model, first, static, text, text, jnp.ones((b,)), rng, options, SCHEDULER, "text")
     # sample_chunk draws its initial noise as pyoco_mixed_noise(split(rng)[0], ...).
     noise = pyoco_mixed_noise(jax.random.split(rng)[0], static.shape, 1.0)
@@ -138,7 +138,7 @@ def test_eta_noise_is_mixed_across_frames_with_the_fresh_noise_alpha():
     first = jnp.zeros((b, 1, h, w, c))
     static = jnp.broadcast_to(first, (b, f, h, w, c))
     text = jnp.ones((b, 4, 6))
-    zero_model = lambda sample, *args: jnp.zeros_like(sample)  # noqa: E731
+    zero_model = lambda sample, *args: jnp.zeros_like(sample)
 
     def frame_correlation(noise_alpha, fresh_noise_alpha):
         options = _options(10, frames=f, size=h, eta=1.0, noise_alpha=noise_alpha, fresh_noise_alpha=fresh_noise_alpha)

@@ -63,7 +63,10 @@ def test_save_pretrained_round_trips_with_identical_outputs(tmp_path, pipeline_d
     assert vae.config.scaling_factor == pipe.vae.config.scaling_factor
     transformers.CLIPTextModel.from_pretrained(str(tmp_path / "saved" / "text_encoder"))
     tokenizer = transformers.CLIPTokenizer.from_pretrained(str(tmp_path / "saved" / "tokenizer"))
-    assert tokenizer("a red circle", padding="max_length", max_length=77)["input_ids"] == pipe.text_encoder.tokenizer(["a red circle"])[0].tolist()
+    assert (
+        tokenizer("a red circle", padding="max_length", max_length=77)["input_ids"]
+        == pipe.text_encoder.tokenizer(["a red circle"])[0].tolist()
+    )
     scheduler = diffusers.DDIMScheduler.from_pretrained(tmp_path / "saved" / "scheduler")
     assert DDIMConfig.from_diffusers(dict(scheduler.config)) == pipe.scheduler
 
@@ -95,16 +98,42 @@ def test_other_components_cannot_be_saved_in_the_diffusers_layout(tmp_path, load
 def test_sample_cli_reads_a_pipeline_folder(tmp_path, pipeline_dir, first_image):
     Image.fromarray(first_image).save(tmp_path / "first.png")
     out = tmp_path / "video"
-    result = sample.main(["--pretrained", str(pipeline_dir), "--image", str(tmp_path / "first.png"), "--prompt", "a red circle",
-                          "--steps", "2", "--formats", "gif", "--out", str(out), "--no-progress"])
+    result = sample.main(
+        [
+            "--pretrained",
+            str(pipeline_dir),
+            "--image",
+            str(tmp_path / "first.png"),
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "2",
+            "--formats",
+            "gif",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert result["shape"] == [1, 5, 16, 16, 3]  # the UNet config's n_frames, the VAE's size
     assert result["files"] == [f"{out}.gif"]
 
 
 def test_sample_cli_switches_to_the_consistency_sampler(tmp_path, pipeline_dir, first_image):
     Image.fromarray(first_image).save(tmp_path / "first.png")
-    argv = ["--pretrained", str(pipeline_dir), "--image", str(tmp_path / "first.png"), "--prompt", "a red circle",
-            "--formats", "gif", "--no-progress", "--frameinit", "none"]
+    argv = [
+        "--pretrained",
+        str(pipeline_dir),
+        "--image",
+        str(tmp_path / "first.png"),
+        "--prompt",
+        "a red circle",
+        "--formats",
+        "gif",
+        "--no-progress",
+        "--frameinit",
+        "none",
+    ]
     lcm = sample.main(argv + ["--sampler", "lcm", "--out", str(tmp_path / "lcm")])  # 4 steps, no guidance
     ddim = sample.main(argv + ["--steps", "4", "--text-guidance", "1", "--out", str(tmp_path / "ddim")])
     assert lcm["shape"] == ddim["shape"] == [1, 5, 16, 16, 3]

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from media_inputs import write_video_inputs
 
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.latent_cache import LatentCacheSource
@@ -17,8 +18,6 @@ from jax_i2v.data.video_pipeline import clip_config, make_clip
 from jax_i2v.models.text_encoder import WordTokenizer
 from jax_i2v.models.vae import latent_codec
 
-from media_inputs import write_video_inputs
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.py"
 CLIPS_PER_VIDEO = 2
@@ -26,28 +25,46 @@ CLIPS_PER_VIDEO = 2
 
 def _run(script, *args):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return subprocess.run([sys.executable, str(ROOT / "launch" / script), f"--config={MICRO}", *args], env=env, capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "launch" / script), f"--config={MICRO}", *args], env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _train(workdir, source, data_dir, *overrides):
-    return _run("train.py", f"--workdir={workdir}", f"--config.data.source={source}", f"--config.data.dir={data_dir}",
-                "--config.train.steps=3", "--config.tensorboard=False", *overrides)
+    return _run(
+        "train.py",
+        f"--workdir={workdir}",
+        f"--config.data.source={source}",
+        f"--config.data.dir={data_dir}",
+        "--config.train.steps=3",
+        "--config.tensorboard=False",
+        *overrides,
+    )
 
 
 @pytest.fixture(scope="module")
 def video_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("real_data")
     inputs = write_video_inputs(root)
-    builder = build_media_dataset(root / "data", "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=12)
+    builder = build_media_dataset(
+        root / "data", "clips", "jsonl", jsonl=inputs["jsonl"], video_folder=inputs["video_folder"], min_frames=12
+    )
     return builder.data_dir
 
 
 @pytest.fixture(scope="module")
 def latent_cache(video_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "latents"
-    result = _run("cache_latents.py", f"--out={out}", "--config.data.source=videos", f"--config.data.dir={video_dataset}",
-                  f"--clips_per_video={CLIPS_PER_VIDEO}", "--dtype=float32", "--batch_size=3", "--seed=5")
+    result = _run(
+        "cache_latents.py",
+        f"--out={out}",
+        "--config.data.source=videos",
+        f"--config.data.dir={video_dataset}",
+        f"--clips_per_video={CLIPS_PER_VIDEO}",
+        "--dtype=float32",
+        "--batch_size=3",
+        "--seed=5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["count"] == 4 * CLIPS_PER_VIDEO
     return out
@@ -103,8 +120,14 @@ def test_an_unknown_data_source_is_named():
 
 @pytest.mark.slow
 def test_benchmark_data_reports_throughput_of_a_built_dataset(video_dataset):
-    result = _run("benchmark_data.py", "--config.data.source=videos", f"--config.data.dir={video_dataset}", "--batches=3", "--warmup=1",
-                  "--config.data.read_threads=2")
+    result = _run(
+        "benchmark_data.py",
+        "--config.data.source=videos",
+        f"--config.data.dir={video_dataset}",
+        "--batches=3",
+        "--warmup=1",
+        "--config.data.read_threads=2",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["clips"] == 3 * 4 and report["clips_per_sec"] > 0 and report["source"] == "videos"

@@ -62,9 +62,7 @@ def test_save_and_load_folder(tmp_path, reference_unet, reference_cases, referen
     model2, params2 = load_unet(str(tmp_path / "unet"))
     assert model2.config == model.config
     inputs, _ = reference_cases[0]
-    np.testing.assert_array_equal(
-        np.asarray(reference_apply(params, **inputs)), np.asarray(reference_apply(params2, **inputs))
-    )
+    np.testing.assert_array_equal(np.asarray(reference_apply(params, **inputs)), np.asarray(reference_apply(params2, **inputs)))
     with open(tmp_path / "unet" / "config.json") as f:
         assert json.load(f)["_class_name"] == "VideoLDMUNet3DConditionModel"
 

@@ -53,7 +53,7 @@ def program():
     abstract = abstract_train_state(_init_params, optimizer, rng, use_ema=True)
     shardings = state_shardings(abstract, optimizer, mesh)
     step = make_train_step(_loss, optimizer, lambda count: 1e-2, shardings, mesh, config=StepConfig(ema_decay=0.9))
-    init = lambda: create_train_state(_init_params, optimizer, rng, mesh, use_ema=True)  # noqa: E731
+    init = lambda: create_train_state(_init_params, optimizer, rng, mesh, use_ema=True)
     return mesh, abstract, shardings, step, init
 
 
@@ -64,11 +64,28 @@ def _run(program, workdir, steps, poisoned=frozenset(), max_nonfinite_steps=3, c
     def next_batch():
         return jax.device_put(next(data), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
-    settings = RunSettings(steps=steps, log_every=1, checkpoint_every=checkpoint_every, time_limit_minutes=0,
-                           max_nonfinite_steps=max_nonfinite_steps, keep_checkpoints=5, examples_per_step=4)
-    return run_steps(str(workdir), settings, abstract, shardings, init, step, next_batch,
-                     extra_args=(jnp.zeros(()), jax.random.key(1)), data_iterator=data, tensorboard=False,
-                     started=time.perf_counter())
+    settings = RunSettings(
+        steps=steps,
+        log_every=1,
+        checkpoint_every=checkpoint_every,
+        time_limit_minutes=0,
+        max_nonfinite_steps=max_nonfinite_steps,
+        keep_checkpoints=5,
+        examples_per_step=4,
+    )
+    return run_steps(
+        str(workdir),
+        settings,
+        abstract,
+        shardings,
+        init,
+        step,
+        next_batch,
+        extra_args=(jnp.zeros(()), jax.random.key(1)),
+        data_iterator=data,
+        tensorboard=False,
+        started=time.perf_counter(),
+    )
 
 
 def _records(workdir):

@@ -35,8 +35,25 @@ SCENARIOS = {
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_writes_playable_gif_and_mp4_of_the_requested_shape(scenario, first_image, tmp_path, capsys):
     out = tmp_path / scenario
-    argv = ["--config", "configs/tiny.py", "--random-params", "--image", first_image, "--prompt", "a red circle moves left",
-            "--frames", str(FRAMES), "--height", str(SIZE), "--width", str(SIZE), "--steps", str(STEPS), "--out", str(out)]
+    argv = [
+        "--config",
+        "configs/tiny.py",
+        "--random-params",
+        "--image",
+        first_image,
+        "--prompt",
+        "a red circle moves left",
+        "--frames",
+        str(FRAMES),
+        "--height",
+        str(SIZE),
+        "--width",
+        str(SIZE),
+        "--steps",
+        str(STEPS),
+        "--out",
+        str(out),
+    ]
     result = sample.main(argv + SCENARIOS[scenario])
     chunks = 3 if scenario == "three_chunks" else 1
     length = FRAMES + (chunks - 1) * (FRAMES - 1)
@@ -63,7 +80,9 @@ def test_bad_arguments_fail_before_sampling(first_image, tmp_path):
 
 def test_guidance_the_checkpoint_was_not_trained_for_is_refused(micro_run, first_image, tmp_path):
     # configs/micro.py, like tiny, trains without first-frame dropout: no image-free prediction.
-    args = sample.parse_args(["--checkpoint", str(micro_run), "--image", first_image, "--out", str(tmp_path / "x"), "--image-guidance", "1.5"])
+    args = sample.parse_args(
+        ["--checkpoint", str(micro_run), "--image", first_image, "--out", str(tmp_path / "x"), "--image-guidance", "1.5"]
+    )
     with pytest.raises(ValueError, match="first_frame_dropout"):
         sample.run(args)
 

@@ -42,8 +42,19 @@ def _scores(value):
 
 def test_print_commands_expands_configs_times_grid(capsys):
     configs = [str(ROOT / "configs" / "tiny.py"), str(ROOT / "configs" / "ablations" / "no_frameinit.py")]
-    sweep.main(["--workdir", "w", "--configs", *configs, "--grid", "train.seed=0,1", "optim.learning_rate=1e-3",
-                "--print-commands", "--config.train.steps=7"])
+    sweep.main(
+        [
+            "--workdir",
+            "w",
+            "--configs",
+            *configs,
+            "--grid",
+            "train.seed=0,1",
+            "optim.learning_rate=1e-3",
+            "--print-commands",
+            "--config.train.steps=7",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 4
     assert all("evaluate.py" in line for line in lines)
@@ -65,7 +76,10 @@ def test_finished_runs_are_collected_into_markdown_and_csv(tmp_path, capsys):
     csv_lines = (tmp_path / "results.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[:2] == ["run", "model"]
     assert [line.split(",")[:3] for line in csv_lines[1:]] == [
-        ["tiny_seed0", "model", "0.1"], ["tiny_seed1", "model", "0.3"], ["-", "ground_truth", "0"], ["-", "static", "1"]
+        ["tiny_seed0", "model", "0.1"],
+        ["tiny_seed1", "model", "0.3"],
+        ["-", "ground_truth", "0"],
+        ["-", "static", "1"],
     ]
     assert (tmp_path / "results.md").read_text() in capsys.readouterr().out
 

@@ -17,9 +17,17 @@ STEPS = 8
 
 
 def _command(workdir, data_dir, *overrides):
-    return [sys.executable, str(ROOT / "launch" / "train.py"), f"--config={ROOT / 'configs' / 'micro.py'}",
-            f"--workdir={workdir}", f"--config.data.dir={data_dir}", f"--config.train.steps={STEPS}",
-            "--config.train.checkpoint_every=1000", "--config.tensorboard=False", *overrides]
+    return [
+        sys.executable,
+        str(ROOT / "launch" / "train.py"),
+        f"--config={ROOT / 'configs' / 'micro.py'}",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=1000",
+        "--config.tensorboard=False",
+        *overrides,
+    ]
 
 
 def _env(devices=1):
@@ -73,19 +81,23 @@ def test_sigterm_saves_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path
     assert restart * 2 <= first_start, (first_start, restart)
 
 
-@pytest.mark.parametrize("overrides,devices,message", [
-    (["--config.optim.schedule=linear"], 1, "error: config.optim: optim.schedule must be one of"),
-    (["--config.optim.lr=0.1"], 1, "error: --config.optim.lr: optim has no key 'lr'"),
-    (["--config.train.batch_size=abc"], 1, "error: "),
-    (["--config.train.sample_every=-1"], 1, "error: config.train: steps and sample_every must be integers >= 0"),
-    (["--config.train.time_limit_minutes=-1"], 1, "error: config.train: time_limit_minutes must be a number >= 0"),
-    (["--config.train.temporal_mixer_init=1.5"], 1, "error: config.train: temporal_mixer_init must be in [0, 1]"),
-    (["--config.data.build_if_missing=False"], 1, "error: dataset directory"),
-    (["--config.train.batch_size=6"], 8, "error: global batch size 6 is not divisible by data x fsdp = 8"),
-])
+@pytest.mark.parametrize(
+    "overrides,devices,message",
+    [
+        (["--config.optim.schedule=linear"], 1, "error: config.optim: optim.schedule must be one of"),
+        (["--config.optim.lr=0.1"], 1, "error: --config.optim.lr: optim has no key 'lr'"),
+        (["--config.train.batch_size=abc"], 1, "error: "),
+        (["--config.train.sample_every=-1"], 1, "error: config.train: steps and sample_every must be integers >= 0"),
+        (["--config.train.time_limit_minutes=-1"], 1, "error: config.train: time_limit_minutes must be a number >= 0"),
+        (["--config.train.temporal_mixer_init=1.5"], 1, "error: config.train: temporal_mixer_init must be in [0, 1]"),
+        (["--config.data.build_if_missing=False"], 1, "error: dataset directory"),
+        (["--config.train.batch_size=6"], 8, "error: global batch size 6 is not divisible by data x fsdp = 8"),
+    ],
+)
 def test_startup_errors_are_one_explanatory_line(tmp_path, overrides, devices, message):
-    result = subprocess.run(_command(tmp_path / "run", tmp_path / "no_data", *overrides), env=_env(devices),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        _command(tmp_path / "run", tmp_path / "no_data", *overrides), env=_env(devices), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if message in line]
     assert len(lines) == 1, result.stderr[-3000:]
@@ -102,8 +114,14 @@ def test_previews_tflops_crash_resume_and_sampling_from_the_run(tmp_path):
     import imageio.v3 as iio
 
     workdir = tmp_path / "run"
-    command = _command(workdir, tmp_path / "data", "--config.train.steps=4", "--config.train.checkpoint_every=2",
-                       "--config.train.sample_every=2", "--config.train.sample_videos=2")
+    command = _command(
+        workdir,
+        tmp_path / "data",
+        "--config.train.steps=4",
+        "--config.train.checkpoint_every=2",
+        "--config.train.sample_every=2",
+        "--config.train.sample_videos=2",
+    )
     _run(command)
     first = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [record["step"] for record in first] == [1, 2, 3, 4]
@@ -121,11 +139,25 @@ def test_previews_tflops_crash_resume_and_sampling_from_the_run(tmp_path):
     assert "resumed from step 2" in resumed.stderr
     assert [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == [r["loss"] for r in first]
 
-    sample = [sys.executable, str(ROOT / "launch" / "sample.py"), "--image", str(ROOT / "assets" / "red_circle_blue_square.png"),
-              "--prompt", "a red circle moves left", "--steps", "2", "--formats", "gif", "--no-progress"]
+    sample = [
+        sys.executable,
+        str(ROOT / "launch" / "sample.py"),
+        "--image",
+        str(ROOT / "assets" / "red_circle_blue_square.png"),
+        "--prompt",
+        "a red circle moves left",
+        "--steps",
+        "2",
+        "--formats",
+        "gif",
+        "--no-progress",
+    ]
     _run(sample + ["--checkpoint", str(workdir), "--out", str(tmp_path / "from_run")])
-    export = json.loads(_run([sys.executable, str(ROOT / "launch" / "export_params.py"), "--checkpoint", str(workdir),
-                              "--out", str(tmp_path / "export")]).stdout.splitlines()[-1])
+    export = json.loads(
+        _run(
+            [sys.executable, str(ROOT / "launch" / "export_params.py"), "--checkpoint", str(workdir), "--out", str(tmp_path / "export")]
+        ).stdout.splitlines()[-1]
+    )
     assert export["params"] > 0
     _run(sample + ["--checkpoint", export["export"], "--out", str(tmp_path / "from_export")])
     from_run, from_export = iio.imread(tmp_path / "from_run.gif"), iio.imread(tmp_path / "from_export.gif")

@@ -68,18 +68,13 @@ def test_spatial_first_frame_attention_reaches_every_frame(reference_unet, refer
     model, _ = reference_unet
     inputs = _inputs(model.config, jax.random.key(2))
     changed = dict(inputs, first_frame_latents=inputs["first_frame_latents"] + 1.0)
-    delta = np.abs(
-        np.asarray(reference_apply(temporal_off_params, **inputs))
-        - np.asarray(reference_apply(temporal_off_params, **changed))
-    )
+    delta = np.abs(np.asarray(reference_apply(temporal_off_params, **inputs)) - np.asarray(reference_apply(temporal_off_params, **changed)))
     assert (delta.max(axis=(0, 2, 3, 4)) > 1e-3).all()
 
     # In input_only mode the frame is prepended but not attended to spatially: no route is left.
     input_only = build_unet(dataclasses.replace(model.config, first_frame_condition_mode="input_only"))
     apply = jax.jit(lambda p, kw: input_only.apply({"params": p}, **kw))
-    np.testing.assert_allclose(
-        np.asarray(apply(temporal_off_params, inputs)), np.asarray(apply(temporal_off_params, changed)), atol=1e-6
-    )
+    np.testing.assert_allclose(np.asarray(apply(temporal_off_params, inputs)), np.asarray(apply(temporal_off_params, changed)), atol=1e-6)
 
 
 def test_per_sample_timesteps_and_strides(reference_unet, reference_apply):
@@ -126,10 +121,13 @@ def test_frame_stride_embedding_starts_at_zero(reference_unet, reference_apply):
         np.asarray(reference_apply(zeroed, **dict(inputs, frame_stride=1))),
         np.asarray(reference_apply(zeroed, **dict(inputs, frame_stride=5))),
     )
-    assert np.abs(
-        np.asarray(reference_apply(params, **dict(inputs, frame_stride=1)))
-        - np.asarray(reference_apply(params, **dict(inputs, frame_stride=5)))
-    ).max() > 1e-3
+    assert (
+        np.abs(
+            np.asarray(reference_apply(params, **dict(inputs, frame_stride=1)))
+            - np.asarray(reference_apply(params, **dict(inputs, frame_stride=5)))
+        ).max()
+        > 1e-3
+    )
 
 
 def _tiny_config(**overrides):

@@ -27,8 +27,15 @@ from jax_i2v.models.vae import latent_codec
 from jax_i2v.train.inputs import video_sources
 
 
-def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_video: int = 1, seed: int = 0, batch_size: int = 8,
-                   dtype: str = "float16", show_progress: bool = True) -> dict:
+def encode_latents(
+    config: ml_collections.ConfigDict,
+    out_dir: str,
+    clips_per_video: int = 1,
+    seed: int = 0,
+    batch_size: int = 8,
+    dtype: str = "float16",
+    show_progress: bool = True,
+) -> dict:
     """Writes the cache; returns its metadata."""
     if dtype not in LATENT_DTYPES:
         raise ValueError(f"dtype must be one of {LATENT_DTYPES}, got {dtype!r}")
@@ -51,7 +58,9 @@ def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_vi
     def records() -> Iterator[bytes]:
         bar = tqdm.tqdm(total=len(pairs), desc="encoding clips", unit=" clips", disable=not show_progress)
         for batch_index, start in enumerate(range(0, len(pairs), batch_size)):
-            batch = [make_clip(source[v], clips, np.random.default_rng([seed, v, d]), clip_caption) for v, d in pairs[start : start + batch_size]]
+            batch = [
+                make_clip(source[v], clips, np.random.default_rng([seed, v, d]), clip_caption) for v, d in pairs[start : start + batch_size]
+            ]
             videos = np.stack([clip["video"] for clip in batch])  # (B, F, H, W, 3)
             frames = videos.reshape(-1, *videos.shape[2:])
             padding = -len(frames) % len(devices)  # rows split evenly over the local devices
@@ -60,8 +69,12 @@ def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_vi
             latents = latents[: len(frames) - padding].reshape(*videos.shape[:2], *latents.shape[1:]).astype(dtype)
             captions = text.caption_transform([clip["caption"] for clip in batch])
             for i, clip in enumerate(batch):
-                arrays = {"latents": latents[i], "first_frame_latent": latents[i, :1], text.caption_key: np.asarray(captions[i]),
-                          "frame_stride": np.asarray(clip["frame_stride"], np.float32)}
+                arrays = {
+                    "latents": latents[i],
+                    "first_frame_latent": latents[i, :1],
+                    text.caption_key: np.asarray(captions[i]),
+                    "frame_stride": np.asarray(clip["frame_stride"], np.float32),
+                }
                 yield encode_record(arrays, clip["caption"])
             bar.update(len(batch))
         bar.close()
@@ -71,10 +84,16 @@ def encode_latents(config: ml_collections.ConfigDict, out_dir: str, clips_per_vi
         multihost_utils.sync_global_devices("latent cache written")
     count = len(source) * clips_per_video
     latent_shape = [data.frames, data.latent_size, data.latent_size, data.latent_channels]
-    metadata = {"count": count, "files": [os.path.basename(shard_path(out_dir, p, processes)) for p in range(processes)],
-                "latent_shape": latent_shape, "dtype": dtype, "clips_per_video": clips_per_video, "seed": seed,
-                "source": {"kind": data.get("source", "moving_shapes"), "dir": os.path.abspath(data.dir)},
-                **cache_settings(config, text.caption_key)}
+    metadata = {
+        "count": count,
+        "files": [os.path.basename(shard_path(out_dir, p, processes)) for p in range(processes)],
+        "latent_shape": latent_shape,
+        "dtype": dtype,
+        "clips_per_video": clips_per_video,
+        "seed": seed,
+        "source": {"kind": data.get("source", "moving_shapes"), "dir": os.path.abspath(data.dir)},
+        **cache_settings(config, text.caption_key),
+    }
     if process == 0:
         write_metadata(out_dir, metadata)
     return metadata

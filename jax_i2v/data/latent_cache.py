@@ -102,11 +102,16 @@ def check_matches(metadata: dict, expected: dict[str, Any], folder: str) -> None
 
 def cache_settings(config, caption_key: str) -> dict[str, Any]:
     """What cached latents depend on; a cache is used only by configs that agree on all of it."""
+
     def section(name):
         value = config.get(name)
         return None if value is None else value.to_dict()
 
-    settings = {"codec": section("codec"), "text_encoder": section("text_encoder"), "caption_key": caption_key,
-                "text_len": config.data.text_len, "clips": dataclasses.asdict(clip_config(config.data))}
+    settings = {
+        "codec": section("codec"),
+        "text_encoder": section("text_encoder"),
+        "caption_key": caption_key,
+        "text_len": config.data.text_len,
+        "clips": dataclasses.asdict(clip_config(config.data)),
+    }
     return json.loads(json.dumps(settings))  # as metadata.json holds them: tuples are lists
-

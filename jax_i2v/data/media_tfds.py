@@ -50,8 +50,12 @@ class MediaConfig(tfds.core.BuilderConfig):
     def inputs(self) -> dict:
         """What the dataset was built from (checked when a build is reused)."""
         if self.layout == "jsonl":
-            return {"layout": self.layout, "jsonl": os.path.abspath(self.jsonl), "video_folder": os.path.abspath(self.video_folder),
-                    "min_frames": self.min_frames}
+            return {
+                "layout": self.layout,
+                "jsonl": os.path.abspath(self.jsonl),
+                "video_folder": os.path.abspath(self.video_folder),
+                "min_frames": self.min_frames,
+            }
         inputs = {"layout": self.layout, "paths": [os.path.abspath(p) for p in self.paths]}
         return inputs if self.layout == "images" else {**inputs, "min_frames": self.min_frames}
 
@@ -115,14 +119,25 @@ class _MediaBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super()._download_and_prepare(dl_manager, download_config)
         # self.data_dir is still the temporary folder here, so the manifest lands with the records.
         counts = collections.Counter(skip["reason"] for skip in self._skipped)
-        manifest = {"name": self.builder_config.name, "inputs": self.builder_config.inputs(), "kept": self._kept,
-                    "skipped": len(self._skipped), "skipped_by_reason": dict(sorted(counts.items())),
-                    "skipped_inputs": self._skipped}
+        manifest = {
+            "name": self.builder_config.name,
+            "inputs": self.builder_config.inputs(),
+            "kept": self._kept,
+            "skipped": len(self._skipped),
+            "skipped_by_reason": dict(sorted(counts.items())),
+            "skipped_inputs": self._skipped,
+        }
         with open(os.path.join(self.data_dir, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
         if self._skipped:
-            log.warning("%s: kept %d inputs, skipped %d (%s); see %s", self.builder_config.name, self._kept,
-                        len(self._skipped), ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), MANIFEST)
+            log.warning(
+                "%s: kept %d inputs, skipped %d (%s); see %s",
+                self.builder_config.name,
+                self._kept,
+                len(self._skipped),
+                ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+                MANIFEST,
+            )
 
 
 _VIDEO_FEATURES = {
@@ -189,18 +204,35 @@ def _remove_interrupted_builds(builder: tfds.core.DatasetBuilder) -> None:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
-def build_media_dataset(data_dir: str, name: str, layout: str, *, jsonl: str = "", video_folder: str = "",
-                        paths: Sequence[str] = (), min_frames: int = 2, num_workers: int = 0) -> tfds.core.DatasetBuilder:
+def build_media_dataset(
+    data_dir: str,
+    name: str,
+    layout: str,
+    *,
+    jsonl: str = "",
+    video_folder: str = "",
+    paths: Sequence[str] = (),
+    min_frames: int = 2,
+    num_workers: int = 0,
+) -> tfds.core.DatasetBuilder:
     """Builds dataset `name` under `data_dir` (reusing a complete earlier build of the same inputs)."""
-    config = MediaConfig(name=name, layout=layout, jsonl=jsonl, video_folder=video_folder,
-                         paths=tuple(os.fspath(p) for p in paths), min_frames=min_frames, num_workers=num_workers)
+    config = MediaConfig(
+        name=name,
+        layout=layout,
+        jsonl=jsonl,
+        video_folder=video_folder,
+        paths=tuple(os.fspath(p) for p in paths),
+        min_frames=min_frames,
+        num_workers=num_workers,
+    )
     config.validate()
     builder = _builder_class(layout)(config=config, data_dir=os.fspath(data_dir), file_format="array_record")
     if builder.is_prepared():
         built = read_manifest(builder.data_dir)["inputs"]
         if built != config.inputs():
-            raise ValueError(f"dataset {name!r} under {data_dir} was built from {built}, not {config.inputs()}; "
-                             "choose another name or delete it")
+            raise ValueError(
+                f"dataset {name!r} under {data_dir} was built from {built}, not {config.inputs()}; choose another name or delete it"
+            )
         return builder
     _remove_interrupted_builds(builder)
     builder.download_and_prepare()

@@ -1,7 +1,7 @@
 """The moving-shapes dataset as a TFDS builder writing array_record files (no TensorFlow needed).
 
-    builder = build_moving_shapes("data/", train_examples=2000, test_examples=64)
-    source = builder.as_data_source(split="train")   # random access, read by Grain
+builder = build_moving_shapes("data/", train_examples=2000, test_examples=64)
+source = builder.as_data_source(split="train")   # random access, read by Grain
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ class MovingShapesBuilderConfig(tfds.core.BuilderConfig):
     def generator_config(self) -> MovingShapesConfig:
         shape_and_motion = {name: getattr(self, name) for name in _SHAPE_AND_MOTION}
         return MovingShapesConfig(
-            num_frames=self.num_frames, resolution=self.resolution, max_objects=self.max_objects, quality=self.quality,
-            blur_sigma=self.blur_sigma, **shape_and_motion
+            num_frames=self.num_frames,
+            resolution=self.resolution,
+            max_objects=self.max_objects,
+            quality=self.quality,
+            blur_sigma=self.blur_sigma,
+            **shape_and_motion,
         )
 
 
@@ -89,9 +93,7 @@ def builder_config(**config) -> MovingShapesBuilderConfig:
     """A builder config from MovingShapesBuilderConfig fields (num_frames, resolution, max_objects,
     train_examples, test_examples, seed, min/max_radius, min/max_speed, quality, blur_sigma); its name encodes them, so
     different settings coexist."""
-    fields = {f.name for f in dataclasses.fields(MovingShapesBuilderConfig)} - {
-        f.name for f in dataclasses.fields(tfds.core.BuilderConfig)
-    }
+    fields = {f.name for f in dataclasses.fields(MovingShapesBuilderConfig)} - {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
     unknown = set(config) - fields
     if unknown:
         raise ValueError(f"unknown moving-shapes settings {sorted(unknown)}; known: {sorted(fields)}")

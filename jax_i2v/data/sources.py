@@ -160,9 +160,7 @@ def list_shards(paths: Sequence[str]) -> list[str]:
     shards = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(
-                os.path.join(root, name) for root, _, names in os.walk(path) for name in names if name.endswith(".tar")
-            )
+            found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names if name.endswith(".tar"))
             if not found:
                 raise FileNotFoundError(f"no .tar shards in {path}")
             shards += found
@@ -229,8 +227,16 @@ def prepare_video(item: Item, min_frames: int = 2) -> Union[dict, Skipped]:
             raise SkipReason("too_short", f"{info.num_frames} frames, fewer than min_frames={min_frames}")
     except SkipReason as reason:
         return Skipped(item.source, reason.code, reason.detail)
-    return dict(key=item.key, video=data, caption=item.caption, num_frames=info.num_frames, fps=info.fps,
-                height=info.height, width=info.width, source=item.source)
+    return dict(
+        key=item.key,
+        video=data,
+        caption=item.caption,
+        num_frames=info.num_frames,
+        fps=info.fps,
+        height=info.height,
+        width=info.width,
+        source=item.source,
+    )
 
 
 def prepare_image(item: Item) -> Union[dict, Skipped]:

@@ -130,8 +130,10 @@ def make_clip(example: dict, config: ClipConfig, rng: np.random.Generator, clip_
     span = (config.num_frames - 1) * stride + 1
     if not config.shorten and length < span:
         source = caption_text(example.get("source", b"")) or "a video"
-        raise ValueError(f"{source} has {length} frames, fewer than the {span} that {config.num_frames} frames at stride {stride} span "
-                         f"(build datasets for these clips with min_frames={config.min_video_frames})")
+        raise ValueError(
+            f"{source} has {length} frames, fewer than the {span} that {config.num_frames} frames at stride {stride} span "
+            f"(build datasets for these clips with min_frames={config.min_video_frames})"
+        )
     indices = sample_frame_indices(length, config.num_frames, stride, rng)
     caption = clip_caption(example, indices) if clip_caption else caption_text(example["caption"])
     clip = video_frames(example, indices)
@@ -188,8 +190,9 @@ def read_options(read_threads: int) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
 
 
-def batched_stream(source, element_fn, global_batch_size: int, seed: int, shard_index: int, shard_count: int,
-                    read_threads: int) -> grain.IterDataset:
+def batched_stream(
+    source, element_fn, global_batch_size: int, seed: int, shard_index: int, shard_count: int, read_threads: int
+) -> grain.IterDataset:
     """This host's rows of an infinite stream of global batches of element_fn(example, rng),
     reshuffled every epoch: global batch b holds stream elements [b G, (b + 1) G), and host h
     reads and decodes only rows [h G / H, (h + 1) G / H) of it."""
@@ -234,19 +237,36 @@ def training_dataset(
     return ds
 
 
-def image_dataset(source: Sequence[dict], resolution: int, global_batch_size: int, seed: int, shard_index: int = 0,
-                  shard_count: int = 1, crop_scale: tuple[float, float] = (0.5, 1.0), read_threads: int = 16) -> grain.IterDataset:
+def image_dataset(
+    source: Sequence[dict],
+    resolution: int,
+    global_batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    crop_scale: tuple[float, float] = (0.5, 1.0),
+    read_threads: int = 16,
+) -> grain.IterDataset:
     """This host's rows of an infinite stream of global batches of {"image": (B, R, R, 3) in
     [-1, 1], "caption": [str]}: MCM's high-quality images for its frame discriminator."""
-    ds = batched_stream(source, lambda example, rng: make_image(example, resolution, rng, crop_scale), global_batch_size, seed,
-                         shard_index, shard_count, read_threads)
+    ds = batched_stream(
+        source,
+        lambda example, rng: make_image(example, resolution, rng, crop_scale),
+        global_batch_size,
+        seed,
+        shard_index,
+        shard_count,
+        read_threads,
+    )
     return ds.to_iter_dataset(read_options(read_threads))
 
 
 def _stack(examples: Sequence[dict]) -> dict:
     """Arrays stacked; text (a caption, or a tuple of them) kept as a list."""
-    return {key: [e[key] for e in examples] if isinstance(value, (str, tuple)) else np.stack([e[key] for e in examples])
-            for key, value in examples[0].items()}
+    return {
+        key: [e[key] for e in examples] if isinstance(value, (str, tuple)) else np.stack([e[key] for e in examples])
+        for key, value in examples[0].items()
+    }
 
 
 def _transform_captions(batch: dict, transform, key: str) -> dict[str, Any]:

@@ -35,8 +35,7 @@ def camera_motion_frames(image: np.ndarray, motion: str, num_frames: int, height
         room = covered.shape[1] - width
         if room == 0:
             warnings.warn(
-                f"{motion}: the image has the output's aspect ratio, so there is no room to pan; "
-                "use a wider image for visible motion"
+                f"{motion}: the image has the output's aspect ratio, so there is no room to pan; use a wider image for visible motion"
             )
         for i in range(num_frames):
             fraction = i / num_frames if motion == "pan_right" else 1.0 - i / num_frames

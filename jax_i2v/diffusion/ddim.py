@@ -47,7 +47,10 @@ class DDIMConfig(ScheduleConfig):
         if self.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
         if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
-            raise ValueError("rescale_betas_zero_snr needs prediction_type='v_prediction': at zero SNR the clean sample cannot be recovered from a noise prediction")
+            raise ValueError(
+                "rescale_betas_zero_snr needs prediction_type='v_prediction': "
+                "at zero SNR the clean sample cannot be recovered from a noise prediction"
+            )
 
     @classmethod
     def from_diffusers(cls, scheduler_config: Mapping[str, Any]) -> "DDIMConfig":
@@ -147,6 +150,7 @@ def ddim_sample(
 
     timesteps = jnp.asarray(timesteps, jnp.int32)
     if noise_fn is None:
+
         def noise_fn(key, shape):
             return jax.random.normal(key, shape, jnp.float32)
 

@@ -28,8 +28,14 @@ _IGNORED_DIFFUSERS_KEYS = {
     "clip_sample_range",
 }
 # LCMScheduler settings this sampler implements only at these values.
-_FIXED = {"thresholding": False, "trained_betas": None, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0,
-          "timestep_spacing": "leading"}
+_FIXED = {
+    "thresholding": False,
+    "trained_betas": None,
+    "clip_sample": False,
+    "set_alpha_to_one": True,
+    "steps_offset": 0,
+    "timestep_spacing": "leading",
+}
 
 
 def boundary_scalings(timesteps, timestep_scaling: float = 4.0, sigma_data: float = SIGMA_DATA):

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from jax_i2v.diffusion.ddim import DDIMConfig, ddim_sample
-from jax_i2v.diffusion.lcm import LCMConfig, lcm_sample
 from jax_i2v.diffusion.frameinit import frame_init
 from jax_i2v.diffusion.guidance import Conditioning, guided_prediction
+from jax_i2v.diffusion.lcm import LCMConfig, lcm_sample
 from jax_i2v.diffusion.schedules import pyoco_mixed_noise
 
 
@@ -24,7 +24,8 @@ from jax_i2v.diffusion.schedules import pyoco_mixed_noise
 class SamplingOptions:
     """Per-call numbers, all traced: changing them does not recompile.
 
-    timesteps: `padded_timesteps(num_steps, scheduler)` (DDIM) or `scheduler.padded_timesteps(num_steps)` (LCM); frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
+    timesteps: `padded_timesteps(num_steps, scheduler)` (DDIM) or `scheduler.padded_timesteps(num_steps)`
+    (LCM); frameinit_mask: (F, H, W) low-pass mask; frameinit_timestep: the noise level as a timestep;
     use_frameinit: bool scalar. noise_alpha: pyoco alpha of the initial noise; fresh_noise_alpha:
     of the noise drawn at each step (DDIM's eta noise, the consistency sampler's re-noising). Both
     are the training's alpha for samples from the trained distribution: the posterior's noise has
@@ -85,4 +86,6 @@ def sample_chunk(
 
     if isinstance(scheduler, LCMConfig):
         return lcm_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, scheduler, fresh_noise, report_progress)
-    return ddim_sample(denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress, fresh_noise)
+    return ddim_sample(
+        denoise, latents, ddim_key, options.timesteps, options.num_steps, schedule, scheduler, options.eta, report_progress, fresh_noise
+    )

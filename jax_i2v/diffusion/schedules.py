@@ -77,8 +77,7 @@ def make_schedule(
         raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
     if num_train_timesteps < 2 or not 0.0 < beta_start <= beta_end < 1.0:
         raise ValueError(
-            f"need num_train_timesteps >= 2 and 0 < beta_start <= beta_end < 1, "
-            f"got {num_train_timesteps}, {beta_start}, {beta_end}"
+            f"need num_train_timesteps >= 2 and 0 < beta_start <= beta_end < 1, got {num_train_timesteps}, {beta_start}, {beta_end}"
         )
     # float32 throughout, as diffusers computes it, so alphas_cumprod match it bit for bit.
     if beta_schedule == "linear":

@@ -27,9 +27,20 @@ class FramesAsImages:
         return {"image": video_frames(example, [index % self.num_frames])[0], "caption": caption_text(example["caption"])}
 
 
-def distill_dataset(videos: Sequence[dict], images: Sequence[dict], clips: ClipConfig, image_resolution: int, global_batch_size: int,
-                    seed: int, real_per_clip: int, image_crop_scale: tuple[float, float] = (0.5, 1.0), shard_index: int = 0,
-                    shard_count: int = 1, clip_caption: Optional[ClipCaption] = None, read_threads: int = 16) -> grain.IterDataset:
+def distill_dataset(
+    videos: Sequence[dict],
+    images: Sequence[dict],
+    clips: ClipConfig,
+    image_resolution: int,
+    global_batch_size: int,
+    seed: int,
+    real_per_clip: int,
+    image_crop_scale: tuple[float, float] = (0.5, 1.0),
+    shard_index: int = 0,
+    shard_count: int = 1,
+    clip_caption: Optional[ClipCaption] = None,
+    read_threads: int = 16,
+) -> grain.IterDataset:
     """This host's rows of global batches: each clip (as `make_clip` gives it) with `real_per_clip`
     images drawn from `images` by the clip's own generator: "real_images" (k, R, R, 3) in [-1, 1]
     and their "real_captions" (k strings)."""

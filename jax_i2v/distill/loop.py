@@ -91,8 +91,11 @@ def build_backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
 def image_dataset_settings(settings: ml_collections.ConfigDict, teacher_data: ml_collections.ConfigDict) -> dict:
     """The moving-shapes settings of the discriminator's images: the teacher's `data.dataset`
     (its scenes, sizes and speeds), made clean, with `settings.dataset` (seed, counts...) on top."""
-    return {**teacher_data.get("dataset", ml_collections.ConfigDict()).to_dict(), "quality": "clean",
-            **settings.get("dataset", ml_collections.ConfigDict()).to_dict()}
+    return {
+        **teacher_data.get("dataset", ml_collections.ConfigDict()).to_dict(),
+        "quality": "clean",
+        **settings.get("dataset", ml_collections.ConfigDict()).to_dict(),
+    }
 
 
 def _images(settings: ml_collections.ConfigDict, teacher_data: ml_collections.ConfigDict):
@@ -112,8 +115,13 @@ def student_config(teacher_config: ml_collections.ConfigDict, steps: int = 4, ti
     """The teacher's config, sampling with the consistency sampler (no guidance): the student's."""
     config = ml_collections.ConfigDict(teacher_config.to_dict())
     config.sampling = ml_collections.ConfigDict(
-        dict(sampler="lcm", steps=steps, text_guidance=1.0, frameinit=config.get("sampling", {}).get("frameinit", "gaussian"),
-             lcm_timestep_scaling=timestep_scaling)
+        dict(
+            sampler="lcm",
+            steps=steps,
+            text_guidance=1.0,
+            frameinit=config.get("sampling", {}).get("frameinit", "gaussian"),
+            lcm_timestep_scaling=timestep_scaling,
+        )
     )
     return config.to_dict()
 
@@ -154,7 +162,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     models = make_models(unet, schedule, teacher_config.objective.prediction_type, codec.decode, backbone, mcm, loop.gen_lr, loop.disc_lr)
 
     latent_shape = (data.frames, data.latent_size, data.latent_size, data.latent_channels)
-    init = functools.partial(init_state, models=models, config=mcm, latent_shape=latent_shape, condition_dim=unet.config.cross_attention_dim)
+    init = functools.partial(
+        init_state, models=models, config=mcm, latent_shape=latent_shape, condition_dim=unet.config.cross_attention_dim
+    )
     init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
     abstract = jax.eval_shape(init, init_rng, teacher)
     shardings = mcm_state_shardings(abstract, models, mesh, rules)
@@ -165,9 +175,20 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     videos, _, clip_caption = video_sources(data)
     images = config.images
-    stream = distill_dataset(videos, _images(images, data), clip_config(data), backbone.config.image_size, loop.batch_size, loop.seed,
-                             mcm.disc_frames, tuple(images.get("crop_scale", (0.5, 1.0))), jax.process_index(), jax.process_count(),
-                             clip_caption, data.get("read_threads", 16))
+    stream = distill_dataset(
+        videos,
+        _images(images, data),
+        clip_config(data),
+        backbone.config.image_size,
+        loop.batch_size,
+        loop.seed,
+        mcm.disc_frames,
+        tuple(images.get("crop_scale", (0.5, 1.0))),
+        jax.process_index(),
+        jax.process_count(),
+        clip_caption,
+        data.get("read_threads", 16),
+    )
     data_iter = iter(stream)
     null_text = encoder.encode([""])[0]
     # A lossy codec (the CPU configs' block DCT) drops detail the student cannot draw; real images
@@ -193,13 +214,25 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             "real_images": real.reshape(-1, *real.shape[2:]),
             "real_condition": encoder.encode(real_captions).mean(axis=1),
         }
-        return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()}
+        return {
+            k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()
+        }
 
     result = run_steps(
-        workdir, RunSettings.of(loop), abstract, shardings, lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
-        step_fn, lambda: global_batch(next(data_iter)), extra_args=(teacher, backbone_params, step_rng),
-        data_iterator=data_iter, config_dict=config.to_dict(), tensorboard=config.get("tensorboard", True),
-        started=started, desc="distilling", postfix=lambda m: {"cd": f"{m['cd_loss']:.4f}", "d": f"{m['d_loss']:.3f}"},
+        workdir,
+        RunSettings.of(loop),
+        abstract,
+        shardings,
+        lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
+        step_fn,
+        lambda: global_batch(next(data_iter)),
+        extra_args=(teacher, backbone_params, step_rng),
+        data_iterator=data_iter,
+        config_dict=config.to_dict(),
+        tensorboard=config.get("tensorboard", True),
+        started=started,
+        desc="distilling",
+        postfix=lambda m: {"cd": f"{m['cd_loss']:.4f}", "d": f"{m['d_loss']:.3f}"},
     )
     # Merged where the state lives, split like the teacher: no process gathers the student.
     merge = jax.jit(functools.partial(student_params, config=mcm), out_shardings=teacher_sharding)

@@ -76,7 +76,9 @@ class MCMConfig:
 
     def __post_init__(self):
         if self.motion not in MOTION_REPRESENTATIONS or self.target not in TARGETS:
-            raise ValueError(f"motion must be one of {MOTION_REPRESENTATIONS} and target one of {TARGETS}, got {self.motion!r}, {self.target!r}")
+            raise ValueError(
+                f"motion must be one of {MOTION_REPRESENTATIONS} and target one of {TARGETS}, got {self.motion!r}, {self.target!r}"
+            )
         if not 0.0 <= self.mixed_trajectory <= 1.0 or self.guidance_min > self.guidance_max or self.lora_rank < 0:
             raise ValueError(f"bad MCM settings: {self}")
         parse_augment_policy(self.disc_augment)
@@ -279,7 +281,9 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     condition = discriminator_condition(batch["condition"], config, config.disc_frames)
 
     def disc_loss_fn(disc, stats):
-        real_logits, stats = _disc_logits(models, disc, stats, backbone_params, real, discriminator_condition(batch["real_condition"], config))
+        real_logits, stats = _disc_logits(
+            models, disc, stats, backbone_params, real, discriminator_condition(batch["real_condition"], config)
+        )
         fake_logits, stats = _disc_logits(models, disc, stats["batch_stats"], backbone_params, fake, condition)
         stats = stats["batch_stats"]
 
@@ -311,12 +315,20 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
         gp_quiet_steps=jnp.where(grow, 0, state.gp_quiet_steps + 1),
     )
     new_state, nonfinite = skip_nonfinite(state, new_state, gen_loss, d_loss, penalty, student_grad_norm, disc_grad_norm)
-    metrics = {**metrics, "g_loss": gen_loss, "d_loss": d_loss, "gp": penalty, "student_grad_norm": student_grad_norm,
-               NONFINITE_METRIC: nonfinite}
+    metrics = {
+        **metrics,
+        "g_loss": gen_loss,
+        "d_loss": d_loss,
+        "gp": penalty,
+        "student_grad_norm": student_grad_norm,
+        NONFINITE_METRIC: nonfinite,
+    }
     return new_state, metrics
 
 
-def make_mcm_step(models: MCMModels, config: MCMConfig, mesh: Mesh, state_sharding, teacher_sharding, backbone_sharding, rules=DEFAULT_RULES):
+def make_mcm_step(
+    models: MCMModels, config: MCMConfig, mesh: Mesh, state_sharding, teacher_sharding, backbone_sharding, rules=DEFAULT_RULES
+):
     """step(state, batch, teacher, backbone_params, rng) -> (state, metrics) jitted on `mesh` (and
     `step.lower` with the same arguments): batch arrays split over data x fsdp, the state donated,
     every random draw from fold_in(rng, step) (the same whatever the mesh). A non-finite loss or

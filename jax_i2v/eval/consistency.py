@@ -78,7 +78,13 @@ def video_metrics(video: np.ndarray, first_frame: np.ndarray, masks: np.ndarray,
     mse = ((frames[1:] - first_frame[None].astype(np.float64)) ** 2).mean(axis=-1)[background].mean() if background.any() else 0.0
     psnr = min(PSNR_CAP, 10 * np.log10(255.0**2 / mse)) if mse > 0 else PSNR_CAP
     if not len(directions):
-        return {"appearance_drift": 0.0, "background_psnr": float(psnr), "motion_error": 0.0, "direction_accuracy": float("nan"), "smoothness": 0.0}
+        return {
+            "appearance_drift": 0.0,
+            "background_psnr": float(psnr),
+            "motion_error": 0.0,
+            "direction_accuracy": float("nan"),
+            "smoothness": 0.0,
+        }
 
     regions = track_objects(video, colours)
     tracked, found = _centroids(regions)

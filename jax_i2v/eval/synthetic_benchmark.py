@@ -58,8 +58,9 @@ def benchmark_clips(test_source, num_frames: int, num_videos: int, seed: int) ->
     return clips
 
 
-def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True,
-                       attention: Optional[str] = None):
+def load_run_and_clips(
+    checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True, attention: Optional[str] = None
+):
     """(pipeline, config, clips): a trained model (training workdir, checkpoint or export) and
     `num_videos` held-out clips of its dataset. `data_config`: a config file whose `data` section
     replaces the saved one (e.g. the dataset has moved); `attention` overrides the run's kernels."""
@@ -68,14 +69,18 @@ def load_run_and_clips(checkpoint: str, num_videos: int, seed: int, data_config:
         config.data = load_config(data_config).data
     data = config.data
     if data.dataset.resolution != data.resolution:
-        raise ValueError(f"the benchmark runs at the dataset's resolution ({data.dataset.resolution}), but the model samples {data.resolution}")
+        raise ValueError(
+            f"the benchmark runs at the dataset's resolution ({data.dataset.resolution}), but the model samples {data.resolution}"
+        )
     source = load_moving_shapes(data.dir, "test", **data.dataset.to_dict())
     return pipe, config, benchmark_clips(source, data.frames, num_videos, seed)
 
 
 def _score(videos: list[np.ndarray], clips: list[BenchmarkClip]) -> list[dict[str, float]]:
-    return [{**video_metrics(video, clip.video[0], clip.masks, clip.directions), **frame_quality(video, clip.masks)}
-            for video, clip in zip(videos, clips)]
+    return [
+        {**video_metrics(video, clip.video[0], clip.masks, clip.directions), **frame_quality(video, clip.masks)}
+        for video, clip in zip(videos, clips)
+    ]
 
 
 def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
@@ -88,7 +93,9 @@ def codec_round_trip(codec) -> Callable[[np.ndarray], np.ndarray]:
     return round_trip
 
 
-def sample_clips(generate: VideoGenerator, clips: list[BenchmarkClip], seed: int = 0, batch_size: int = 8) -> tuple[list[np.ndarray], Optional[float]]:
+def sample_clips(
+    generate: VideoGenerator, clips: list[BenchmarkClip], seed: int = 0, batch_size: int = 8
+) -> tuple[list[np.ndarray], Optional[float]]:
     """`generate`'s videos for `clips`, batch k drawn with seed `seed + k * batch_size` (so two
     generators given the same clips and seed start from the same noise), and the sampling seconds
     per video over the batches after the first, which compiles (None with one batch)."""
@@ -151,7 +158,5 @@ def run_benchmark(
             result[name]["fvd_proxy"] = features.frechet_distance(np.stack(videos[name]), np.stack(truth))
     if seconds_per_video is not None:
         result["model"]["sampling_seconds_per_video"] = seconds_per_video
-    result["per_video"] = [
-        {"caption": clip.caption, **{name: per_video[name][i] for name in per_video}} for i, clip in enumerate(clips)
-    ]
+    result["per_video"] = [{"caption": clip.caption, **{name: per_video[name][i] for name in per_video}} for i, clip in enumerate(clips)]
     return result

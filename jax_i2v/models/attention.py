@@ -152,10 +152,7 @@ def resolve_attention(requested: str, platform: str, head_widths: dict[str, tupl
     if requested == "cudnn":
         if platform != "gpu":
             raise ValueError(f"attention 'cudnn' needs a GPU, but the program is compiled for {platform!r}")
-        chosen = {
-            kind: "cudnn" if all(cudnn_supported(dtype, w) for w in head_widths.get(kind, ())) else "xla"
-            for kind in ATTENTION_KINDS
-        }
+        chosen = {kind: "cudnn" if all(cudnn_supported(dtype, w) for w in head_widths.get(kind, ())) else "xla" for kind in ATTENTION_KINDS}
         return AttentionKernels(**chosen)
     if requested == "splash":
         return AttentionKernels(spatial="splash", interpret=platform != "tpu")

@@ -63,8 +63,7 @@ class AutoencoderKLConfig:
         n = len(self.block_out_channels)
         if set(self.down_block_types) != {"DownEncoderBlock2D"} or set(self.up_block_types) != {"UpDecoderBlock2D"}:
             raise ValueError(
-                "only DownEncoderBlock2D / UpDecoderBlock2D VAEs are supported, got "
-                f"{self.down_block_types} / {self.up_block_types}"
+                f"only DownEncoderBlock2D / UpDecoderBlock2D VAEs are supported, got {self.down_block_types} / {self.up_block_types}"
             )
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError(f"need one down and one up block per block_out_channels entry ({n})")

@@ -89,7 +89,7 @@ class CLIPAttention(nn.Module):
     def __call__(self, x, mask):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, length, d = x.shape
-        split = lambda t: t.reshape(b, length, self.heads, d // self.heads)  # noqa: E731
+        split = lambda t: t.reshape(b, length, self.heads, d // self.heads)
         q, k, v = (split(nn.Dense(d, name=f"{n}_proj", **kw)(x)) for n in ("q", "k", "v"))
         logits = jnp.einsum("bqnd,bknd->bnqk", q, k).astype(jnp.float32) / np.sqrt(d // self.heads)
         weights = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1).astype(v.dtype)

@@ -150,10 +150,7 @@ class UNetConfig:
         if self.mid_block_type not in MID_BLOCK_TYPES:
             fail(f"unsupported mid block type {self.mid_block_type!r}; expected one of {MID_BLOCK_TYPES}")
         if self.first_frame_condition_mode not in FIRST_FRAME_CONDITION_MODES:
-            fail(
-                f"first_frame_condition_mode={self.first_frame_condition_mode!r}; "
-                f"expected one of {FIRST_FRAME_CONDITION_MODES}"
-            )
+            fail(f"first_frame_condition_mode={self.first_frame_condition_mode!r}; expected one of {FIRST_FRAME_CONDITION_MODES}")
         if self.temp_pos_embedding not in TEMPORAL_POSITION_EMBEDDINGS:
             fail(f"temp_pos_embedding={self.temp_pos_embedding!r}; expected one of {TEMPORAL_POSITION_EMBEDDINGS}")
         if self.layers_per_block < 1:

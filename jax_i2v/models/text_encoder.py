@@ -153,6 +153,7 @@ def text_conditioning(text_config, text_len: int, cross_attention_dim: int) -> T
     if set(text_config) - known:
         raise ValueError(f"config.text_encoder: unknown keys {sorted(set(text_config) - known)}; known keys: {sorted(known | {'kind'})}")
     tokenizer = WordTokenizer(text_config.get("vocab_size", 4096), text_len)
-    module = TextTransformer(tokenizer.vocab_size, text_len, output_dim=cross_attention_dim,
-                             **{k: v for k, v in text_config.items() if k != "vocab_size"})
+    module = TextTransformer(
+        tokenizer.vocab_size, text_len, output_dim=cross_attention_dim, **{k: v for k, v in text_config.items() if k != "vocab_size"}
+    )
     return TextConditioning(module, tokenizer, "tokens", tokenizer([""])[0])

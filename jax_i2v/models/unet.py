@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import flax.linen as nn
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from jax_i2v.models.attention import AttentionKernels, resolve_attention, rotary_frequencies
 from jax_i2v.models.config import UNetConfig
@@ -99,9 +99,7 @@ class UNetBlock(nn.Module):
         if self.config.first_frame_condition_mode != "conv2d":
             return x
         first = resize_nearest(first_frame_latents[:, 0], x.shape[2], x.shape[3])
-        first = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="first_frame_conv")(
-            first
-        )
+        first = nn.Conv(x.shape[-1], (1, 1), dtype=self.dtype, param_dtype=self.param_dtype, name="first_frame_conv")(first)
         return x.at[:, 0].set(first.astype(x.dtype))
 
 
@@ -116,9 +114,7 @@ class DownBlock(UNetBlock):
             x = self.layer(i, x, temb, context)
             skips.append(x)
         if self.add_downsample:
-            x = Downsample2D(
-                self.out_channels, self.config.downsample_padding, self.dtype, self.param_dtype, name="downsamplers_0"
-            )(x)
+            x = Downsample2D(self.out_channels, self.config.downsample_padding, self.dtype, self.param_dtype, name="downsamplers_0")(x)
             skips.append(x)
         return x, skips
 
@@ -190,23 +186,17 @@ class VideoUNet(nn.Module):
             raise ValueError(f"sample has {c} channels, the model expects in_channels={cfg.in_channels}")
         total_frames = f + 1 if cfg.conditions_on_first_frame else f
         if total_frames < 2:
-            raise ValueError(
-                f"need at least 2 frames including the conditioning frame, got {total_frames} "
-                f"(sample shape {sample.shape})"
-            )
+            raise ValueError(f"need at least 2 frames including the conditioning frame, got {total_frames} (sample shape {sample.shape})")
         if cfg.conditions_on_first_frame:
             if first_frame_latents is None:
                 raise ValueError(f"first_frame_condition_mode={cfg.first_frame_condition_mode!r} needs first_frame_latents")
             if first_frame_latents.shape != (b, 1, h, w, c):
-                raise ValueError(
-                    f"first_frame_latents must have shape {(b, 1, h, w, c)}, got {first_frame_latents.shape}"
-                )
+                raise ValueError(f"first_frame_latents must have shape {(b, 1, h, w, c)}, got {first_frame_latents.shape}")
         if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != b:
             raise ValueError(f"encoder_hidden_states must be (B={b}, L, D), got {encoder_hidden_states.shape}")
         if encoder_hidden_states.shape[-1] != cfg.cross_attention_dim:
             raise ValueError(
-                f"encoder_hidden_states width {encoder_hidden_states.shape[-1]} != "
-                f"cross_attention_dim={cfg.cross_attention_dim}"
+                f"encoder_hidden_states width {encoder_hidden_states.shape[-1]} != cross_attention_dim={cfg.cross_attention_dim}"
             )
         if cfg.use_frame_stride_condition and frame_stride is None:
             raise ValueError("use_frame_stride_condition is on: frame_stride is required")
@@ -232,9 +222,7 @@ class VideoUNet(nn.Module):
         temb = TimestepEmbedding(cfg.time_embed_dim, name="time_embedding", **kw)(t)
         if cfg.use_frame_stride_condition:
             s = timestep_sinusoid(_per_video("frame_stride", frame_stride, batch), **sinusoid).astype(self.dtype)
-            temb = temb + TimestepEmbedding(
-                cfg.time_embed_dim, zero_init_last=True, name="frame_stride_embedding", **kw
-            )(s)
+            temb = temb + TimestepEmbedding(cfg.time_embed_dim, zero_init_last=True, name="frame_stride_embedding", **kw)(s)
         # Split by video like the activations, not by channel like the embedding's weights.
         temb = nn.with_logical_constraint(temb, ("batch", "channels"))
 

@@ -34,9 +34,7 @@ def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int) -> tuple[int,
             raise ValueError(f"{num_devices} devices do not divide into the fixed mesh axes (product {known})")
         values[values.index(-1)] = num_devices // known
     if math.prod(values) != num_devices:
-        raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, values))} has {math.prod(values)} devices, but {num_devices} are available"
-        )
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, values))} has {math.prod(values)} devices, but {num_devices} are available")
     return tuple(values)
 
 

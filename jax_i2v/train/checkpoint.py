@@ -86,8 +86,11 @@ class Checkpointer:
             if _all_processes_agree(error is None):
                 self._saved_step = step
                 return state
-            log.warning("checkpoint at step %d is damaged and was set aside (%s): trying the previous one",
-                        step, f"{type(error).__name__}: {error}".splitlines()[0][:300] if error else "failed on another process")
+            log.warning(
+                "checkpoint at step %d is damaged and was set aside (%s): trying the previous one",
+                step,
+                f"{type(error).__name__}: {error}".splitlines()[0][:300] if error else "failed on another process",
+            )
             self._set_aside(step)
         if self.manager.all_steps():
             raise RunError(f"no checkpoint in {self.directory} could be restored (each was renamed STEP.damaged)")

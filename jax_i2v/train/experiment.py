@@ -87,8 +87,16 @@ class LoopConfig:
     init_from_image_unet: str = ""
 
     def __post_init__(self):
-        positive = ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "grad_accum_steps", "sample_videos", "sample_steps",
-                    "max_nonfinite_steps")
+        positive = (
+            "batch_size",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "grad_accum_steps",
+            "sample_videos",
+            "sample_steps",
+            "max_nonfinite_steps",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -135,7 +143,10 @@ class Experiment:
         check_batch_size(batch_size, self.mesh, self.loop.grad_accum_steps)
         size, channels = data.latent_size, data.latent_channels
         if self.text_module is None:
-            caption, null_caption = ((batch_size, data.text_len, cfg.cross_attention_dim), jnp.float32), ((data.text_len, cfg.cross_attention_dim), jnp.float32)
+            caption, null_caption = (
+                ((batch_size, data.text_len, cfg.cross_attention_dim), jnp.float32),
+                ((data.text_len, cfg.cross_attention_dim), jnp.float32),
+            )
         else:
             caption, null_caption = ((batch_size, data.text_len), jnp.int32), ((data.text_len,), jnp.int32)
         shapes = {
@@ -153,9 +164,7 @@ class Experiment:
         return batch, null, rng
 
     def sharded_abstract_state(self) -> TrainState:
-        return jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.shardings
-        )
+        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.shardings)
 
 
 def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module: Any = "from_config") -> Experiment:
@@ -174,9 +183,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module:
     log.info("attention kernels for %s: %s", platform, model.attention_implementation.as_dict())
     if text_module == "from_config":
         text_module = trained_text_module(config)
-    init_params = functools.partial(
-        initial_params, model=model, text_module=text_module, temporal_mixer_init=loop.temporal_mixer_init
-    )
+    init_params = functools.partial(initial_params, model=model, text_module=text_module, temporal_mixer_init=loop.temporal_mixer_init)
     init_rng = jax.random.split(jax.random.key(loop.seed))[0]
     abstract = abstract_train_state(init_params, optimizer, init_rng, step_config.ema_decay > 0)
     shardings = state_shardings(abstract, optimizer, mesh, rules)
@@ -184,7 +191,17 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module:
     loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective, text_module)
     train_step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config)
     return Experiment(
-        config=config, mesh=mesh, rules=rules, loop=loop, optim=optim, optimizer=optimizer, step_config=step_config,
-        model=model, text_module=text_module, init_params=init_params, abstract_state=abstract, shardings=shardings,
+        config=config,
+        mesh=mesh,
+        rules=rules,
+        loop=loop,
+        optim=optim,
+        optimizer=optimizer,
+        step_config=step_config,
+        model=model,
+        text_module=text_module,
+        init_params=init_params,
+        abstract_state=abstract,
+        shardings=shardings,
         train_step=train_step,
     )

@@ -68,15 +68,20 @@ def video_sources(data: ml_collections.ConfigDict):
         if data.get("build_if_missing", False):
             build_moving_shapes_on_process_zero(data.dir, **settings)
         # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
-        return load_moving_shapes(data.dir, "train", **settings), load_moving_shapes(data.dir, "test", **settings), moving_shapes.clip_caption
+        return (
+            load_moving_shapes(data.dir, "train", **settings),
+            load_moving_shapes(data.dir, "test", **settings),
+            moving_shapes.clip_caption,
+        )
     if source_name == "videos":
         videos = load_media_dataset(data.dir)
         return videos, videos, None
     raise ValueError(f"config.data.source must name videos ('moving_shapes' or 'videos') here, got {source_name!r}")
 
 
-def training_inputs(config: ml_collections.ConfigDict, batch_size: int, seed: int, text: TextConditioning,
-                    codec: LatentCodec) -> TrainingInputs:
+def training_inputs(
+    config: ml_collections.ConfigDict, batch_size: int, seed: int, text: TextConditioning, codec: LatentCodec
+) -> TrainingInputs:
     data = config.data
     source_name = _source_name(data)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
@@ -93,8 +98,18 @@ def training_inputs(config: ml_collections.ConfigDict, batch_size: int, seed: in
         return TrainingInputs(iter(iterator), True, lambda n: _first_examples(source, n, decoded_first_frame))
 
     train, held_out, clip_caption = video_sources(data)
-    clips = training_dataset(train, clip_config(data), batch_size, seed, caption_transform=text.caption_transform,
-                             caption_key=text.caption_key, clip_caption=clip_caption, read_threads=threads, num_workers=workers, **shard)
+    clips = training_dataset(
+        train,
+        clip_config(data),
+        batch_size,
+        seed,
+        caption_transform=text.caption_transform,
+        caption_key=text.caption_key,
+        clip_caption=clip_caption,
+        read_threads=threads,
+        num_workers=workers,
+        **shard,
+    )
 
     def first_frame(example):
         frame = video_frames(example, [0])[0]

@@ -91,11 +91,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         return global_batch(local, mesh, text.caption_key, codec, inputs.encoded)
 
     result = run_steps(
-        workdir, RunSettings.of(loop), abstract, shardings, init_state, experiment.train_step, next_batch,
-        extra_args=(text.null_caption, step_rng), data_iterator=data_iter, config_dict=config.to_dict(),
-        tensorboard=config.get("tensorboard", True), started=started, desc="training",
+        workdir,
+        RunSettings.of(loop),
+        abstract,
+        shardings,
+        init_state,
+        experiment.train_step,
+        next_batch,
+        extra_args=(text.null_caption, step_rng),
+        data_iterator=data_iter,
+        config_dict=config.to_dict(),
+        tensorboard=config.get("tensorboard", True),
+        started=started,
+        desc="training",
         postfix=lambda m: {"loss": f"{m['loss']:.4f}", "tflops": f"{m['tflops_per_sec']:.3g}"},
-        after_step=write_previews, loop_iterations=loop.grad_accum_steps,
+        after_step=write_previews,
+        loop_iterations=loop.grad_accum_steps,
         host_metrics=lambda: {"unreadable_videos": unreadable_videos},
     )
     return result.last_metrics

@@ -26,8 +26,16 @@ from jax_i2v.pipeline import (
 
 
 class PreviewWriter:
-    def __init__(self, config: ml_collections.ConfigDict, first_frames: list, captions: list[str], workdir: str, num_steps: int,
-                 seed: int, mesh: Mesh):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        first_frames: list,
+        captions: list[str],
+        workdir: str,
+        num_steps: int,
+        seed: int,
+        mesh: Mesh,
+    ):
         self.first_frames, self.captions = first_frames, captions
         self.config = config
         self.seed = seed

@@ -49,8 +49,15 @@ class RunSettings:
     @classmethod
     def of(cls, section: Any) -> "RunSettings":
         """From a loop's config section (`train` or `distill`)."""
-        return cls(section.steps, section.log_every, section.checkpoint_every, section.time_limit_minutes,
-                   section.max_nonfinite_steps, section.keep_checkpoints, section.batch_size)
+        return cls(
+            section.steps,
+            section.log_every,
+            section.checkpoint_every,
+            section.time_limit_minutes,
+            section.max_nonfinite_steps,
+            section.keep_checkpoints,
+            section.batch_size,
+        )
 
 
 @dataclasses.dataclass
@@ -65,8 +72,13 @@ def _progress_bar(settings: RunSettings, step: int, desc: str, enabled: bool) ->
     promise hours the limit will not give)."""
     if settings.time_limit_minutes:
         limit = 60.0 * settings.time_limit_minutes
-        return tqdm.tqdm(total=limit, desc=f"{desc} (time limit)", unit="s", disable=not enabled,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} of " + tqdm.tqdm.format_interval(limit) + "{postfix}")
+        return tqdm.tqdm(
+            total=limit,
+            desc=f"{desc} (time limit)",
+            unit="s",
+            disable=not enabled,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} of " + tqdm.tqdm.format_interval(limit) + "{postfix}",
+        )
     return tqdm.tqdm(total=settings.steps, initial=step, desc=desc, unit="step", disable=not enabled)
 
 
@@ -125,16 +137,46 @@ def run_steps(
         log.info("state: %s on this process (unique shards) of %s in all", *map(_megabytes, state_bytes(state)))
         metrics_log = MetricsLog(workdir, int(state.step), tensorboard)
         try:
-            return _run(settings, state, step_fn, next_batch, extra_args, checkpointer, data_iterator, config_dict,
-                        metrics_log, started, desc, postfix, after_step, host_metrics, loop_iterations)
+            return _run(
+                settings,
+                state,
+                step_fn,
+                next_batch,
+                extra_args,
+                checkpointer,
+                data_iterator,
+                config_dict,
+                metrics_log,
+                started,
+                desc,
+                postfix,
+                after_step,
+                host_metrics,
+                loop_iterations,
+            )
         finally:
             metrics_log.close()
     finally:
         checkpointer.close()
 
 
-def _run(settings, state, step_fn, next_batch, extra_args, checkpointer, data_iterator, config_dict, metrics_log,
-         started, desc, postfix, after_step, host_metrics, loop_iterations) -> RunResult:
+def _run(
+    settings,
+    state,
+    step_fn,
+    next_batch,
+    extra_args,
+    checkpointer,
+    data_iterator,
+    config_dict,
+    metrics_log,
+    started,
+    desc,
+    postfix,
+    after_step,
+    host_metrics,
+    loop_iterations,
+) -> RunResult:
     step = int(state.step)
     is_chief = jax.process_index() == 0
     preemption = Preemption()
@@ -175,7 +217,9 @@ def _run(settings, state, step_fn, next_batch, extra_args, checkpointer, data_it
                     compiled = lowered.compile()  # a restart loads it from the persistent compilation cache
                 compile_s = time.perf_counter() - compile_start
                 first_record = {"compile_s": compile_s, "compile_cache_hit": int(hits[0] > 0)}
-                log.info("%s step compiled in %.1f s%s", desc, compile_s, " (from the compilation cache)" * first_record["compile_cache_hit"])
+                log.info(
+                    "%s step compiled in %.1f s%s", desc, compile_s, " (from the compilation cache)" * first_record["compile_cache_hit"]
+                )
                 flops_per_step = compiled_flops(compiled) * jax.device_count() * loop_iterations
                 window_start = time.perf_counter()
             state, metrics = compiled(state, batch, *extra_args)

@@ -33,9 +33,7 @@ class StepConfig:
 
     def __post_init__(self):
         if self.grad_accum_steps < 1 or not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(
-                f"need grad_accum_steps >= 1 and 0 <= ema_decay < 1, got {self.grad_accum_steps}, {self.ema_decay}"
-            )
+            raise ValueError(f"need grad_accum_steps >= 1 and 0 <= ema_decay < 1, got {self.grad_accum_steps}, {self.ema_decay}")
 
 
 def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: ObjectiveConfig, text_module=None) -> Callable:
@@ -50,7 +48,7 @@ def unet_loss_fn(model: VideoUNet, schedule: NoiseSchedule, objective: Objective
 
     def loss(params, batch, null_text, rng):
         if text_module is not None:
-            encode = lambda ids: text_module.apply({"params": params["text"]}, ids)  # noqa: E731
+            encode = lambda ids: text_module.apply({"params": params["text"]}, ids)
             batch = {**{k: v for k, v in batch.items() if k != "tokens"}, "text": encode(batch["tokens"])}
             null_text = encode(null_text[None])[0]
             params = params["unet"]
@@ -63,8 +61,7 @@ def check_batch_size(batch_size: int, mesh: Mesh, grad_accum_steps: int = 1) -> 
     ways = batch_parallel_size(mesh)
     if batch_size % (ways * grad_accum_steps):
         raise ValueError(
-            f"global batch size {batch_size} is not divisible by data x fsdp = {ways} times "
-            f"grad_accum_steps = {grad_accum_steps}"
+            f"global batch size {batch_size} is not divisible by data x fsdp = {ways} times grad_accum_steps = {grad_accum_steps}"
         )
 
 

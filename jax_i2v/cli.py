@@ -71,14 +71,12 @@ def define_distributed_flags() -> Callable[[], None]:
     return initialize
 
 
-class RunError(RuntimeError):
-    """A run that cannot go on for a reason its message gives in full (e.g. a diverged loss)."""
-
-
 @contextlib.contextmanager
 def exit_on_user_error():
     """Bad input (ValueError, FileNotFoundError, FileExistsError) ends the program with `error: ...` on stderr and
     exit status 2, like argparse, instead of a traceback; a `RunError` likewise, with status 1."""
+    from jax_i2v.train.runtime import RunError
+
     try:
         yield
     except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -21,7 +21,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from jax_i2v import media
-from jax_i2v.config_utils import config_from_dict, unet_from_config
+from jax_i2v.config_utils import config_from_dict, latent_codec, text_conditioning, unet_from_config
 from jax_i2v.convert import (
     load_text_encoder,
     load_unet,
@@ -40,12 +40,11 @@ from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.diffusion.sampler import SamplingOptions, sample_chunk
 from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
-from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import VideoUNet, apply_unet
-from jax_i2v.models.vae import LatentCodec, PixelSpace, latent_codec
-from jax_i2v.parallel.hosts import host_copy, replicated
+from jax_i2v.models.vae import LatentCodec, PixelSpace
+from jax_i2v.parallel.hosts import host_copy, replicated, wait_for_all_processes
+from jax_i2v.params_io import load_for_inference
 from jax_i2v.text import TextEncoder
-from jax_i2v.train.checkpoint import load_for_inference
 
 MODEL_INDEX_NAME = "model_index.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -109,12 +108,13 @@ class I2VPipeline:
         kwargs.setdefault("scheduler", scheduler_from_config(config))
         if text.module is None:
             return cls(unet, params, text_encoder=text.encoder(), **kwargs)
-        return cls(unet, params["unet"], text_encoder=text.encoder(params["text"]), **kwargs)
+        # The trained caption encoder runs eagerly on this host: its (small) params are gathered.
+        return cls(unet, params["unet"], text_encoder=text.encoder(host_copy(params["text"])), **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str, use_ema: bool = True, **kwargs) -> tuple["I2VPipeline", Any]:
         """(pipeline, experiment config) from a training workdir, one of its checkpoints, or a
-        params export (see `jax_i2v.train.checkpoint.load_for_inference`)."""
+        params export (see `jax_i2v.params_io.load_for_inference`)."""
         config, params = load_for_inference(path, use_ema)
         config = config_from_dict(config)
         return cls.from_config(config, params, **kwargs), config
@@ -289,9 +289,13 @@ class I2VPipeline:
                 inputs = (first_frame, static_video, text, null_text, stride, jax.random.fold_in(sample_key, chunk), options)
                 if self.mesh is not None:
                     inputs = replicated(inputs, self.mesh)
-                latents = _sample_chunk(
-                    self.unet, self.params, *inputs, scheduler=self.scheduler, guidance=guidance, report_progress=show_progress
-                )
+                statics = dict(scheduler=self.scheduler, guidance=guidance, report_progress=show_progress)
+                if self.mesh is None:
+                    latents = _sample_chunk(self.unet, self.params, *inputs, **statics)
+                else:  # every process compiles before any runs the sampler's collectives
+                    compiled = _sample_chunk.lower(self.unet, self.params, *inputs, **statics).compile()
+                    wait_for_all_processes("sampler compiled")
+                    latents = compiled(self.params, *inputs)
                 latents = jnp.asarray(host_copy(latents)) if self.mesh is not None else jax.block_until_ready(latents)
                 # Unconditioned models regenerate the conditioning frame in later chunks: drop it.
                 pieces.append(latents if (cfg.conditions_on_first_frame or chunk == 0) else latents[:, 1:])

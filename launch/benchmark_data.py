@@ -22,9 +22,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jax_i2v.cli import exit_on_user_error, parse_flags_with_config
+from jax_i2v.config_utils import latent_codec, text_conditioning
 from jax_i2v.data.media_tfds import load_media_dataset
-from jax_i2v.models.text_encoder import text_conditioning
-from jax_i2v.models.vae import latent_codec
 from jax_i2v.train.inputs import training_inputs
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", lock_config=True)

@@ -4,7 +4,7 @@
 
 `--checkpoint` takes a workdir (newest checkpoint) or one `WORKDIR/checkpoints/STEP` folder. The
 export (`OUT/params` in Orbax format + `OUT/config.json`) is what `launch/sample.py --checkpoint`
-and `jax_i2v.train.checkpoint.load_for_inference` read; it holds no optimizer state.
+and `jax_i2v.params_io.load_for_inference` read; it holds no optimizer state.
 `--unet_folder` also writes the UNet as a diffusers `unet/` folder (config.json + safetensors).
 
 The params are read split over all devices (an `fsdp` mesh), each process reading its shards, so
@@ -33,7 +33,7 @@ def export(checkpoint: str, out: str, use_ema: bool = True, unet_folder: str | N
     from jax_i2v.config_utils import config_from_dict, unet_config
     from jax_i2v.convert import save_unet
     from jax_i2v.parallel.mesh import create_mesh
-    from jax_i2v.train.checkpoint import export_params, load_for_inference
+    from jax_i2v.params_io import export_params, load_for_inference
 
     mesh = create_mesh({"fsdp": -1})
     config, params = load_for_inference(checkpoint, use_ema=use_ema, mesh=mesh)

@@ -34,14 +34,13 @@ import ml_collections
 from jax_i2v import media
 from jax_i2v.cli import add_sampling_flags
 from jax_i2v.compilation_cache import compile_time, enable_compilation_cache, user_cache_dir
-from jax_i2v.config_utils import attention_setting, load_config, unet_config
+from jax_i2v.config_utils import attention_setting, latent_codec, load_config, unet_config
 from jax_i2v.convert import load_unet
 from jax_i2v.diffusion.camera_motion import CAMERA_MOTIONS
 from jax_i2v.diffusion.ddim import DDIMConfig
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.models.attention import IMPLEMENTATIONS
 from jax_i2v.models.unet import build_unet, random_params
-from jax_i2v.models.vae import latent_codec
 from jax_i2v.pipeline import (
     SAMPLING_DEFAULTS,
     I2VPipeline,

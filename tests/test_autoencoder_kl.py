@@ -11,9 +11,9 @@ import pytest
 from hf_checkpoints import TINY_VAE, tiny_vae
 from safetensors.numpy import load_file, save_file
 
+from jax_i2v.config_utils import latent_codec
 from jax_i2v.convert import CONFIG_NAME, WEIGHTS_NAME, load_vae, save_vae
 from jax_i2v.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from jax_i2v.models.vae import latent_codec
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

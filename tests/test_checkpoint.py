@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from jax_i2v.parallel.mesh import create_mesh
-from jax_i2v.train.checkpoint import Checkpointer, export_params, load_for_inference, load_params
+from jax_i2v.params_io import export_params, load_for_inference, load_params
+from jax_i2v.train.checkpoint import Checkpointer
 from jax_i2v.train.optimizer import OptimizerConfig, make_optimizer
 from jax_i2v.train.state import state_from_params, state_shardings
 

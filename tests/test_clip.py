@@ -8,9 +8,9 @@ import pytest
 from hf_checkpoints import tiny_clip_text_model, write_clip_vocabulary
 from safetensors.numpy import load_file, save_file
 
+from jax_i2v.config_utils import text_conditioning
 from jax_i2v.convert import CONFIG_NAME, TEXT_WEIGHTS_NAME, load_text_encoder, save_text_encoder
 from jax_i2v.models.clip import CLIPTextConfig, CLIPTokenizer
-from jax_i2v.models.text_encoder import text_conditioning
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

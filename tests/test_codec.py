@@ -8,9 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jax_i2v.config_utils import load_config
+from jax_i2v.config_utils import latent_codec, load_config
 from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
-from jax_i2v.models.vae import BlockDCT, PixelSpace, SpaceToDepth, latent_codec
+from jax_i2v.models.vae import BlockDCT, PixelSpace, SpaceToDepth
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOVING_SHAPES_FIELDS = {f.name for f in dataclasses.fields(MovingShapesConfig)}

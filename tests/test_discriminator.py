@@ -150,11 +150,10 @@ def test_the_cpu_demo_discriminator_tells_clean_frames_from_degraded_ones():
     fixed condition. After a short training it must sort frames it has not seen."""
     import optax
 
-    from jax_i2v.config_utils import load_config
+    from jax_i2v.config_utils import latent_codec, load_config
     from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
     from jax_i2v.distill.loop import build_backbone
     from jax_i2v.distill.step import MCMConfig, discriminator_condition
-    from jax_i2v.models.vae import latent_codec
 
     configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
     distill, teacher = load_config(str(configs / "mcm_tiny.py")), load_config(str(configs / "tiny.py"))

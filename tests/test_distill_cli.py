@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from jax_i2v.diffusion.lcm import LCMConfig
+from jax_i2v.params_io import load_for_inference
 from jax_i2v.pipeline import I2VPipeline
-from jax_i2v.train.checkpoint import load_for_inference
 from jax_i2v.train.runner import TIMING_METRICS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -16,8 +16,7 @@ CONFIG = MovingShapesConfig(num_frames=32, resolution=32)
 
 def _tiny_codec():
     """configs/tiny.py's latent codec (a block DCT that keeps each 4x4 block's lowest frequencies)."""
-    from jax_i2v.config_utils import load_config
-    from jax_i2v.models.vae import latent_codec
+    from jax_i2v.config_utils import latent_codec, load_config
 
     return latent_codec(load_config(str(ROOT / "configs" / "tiny.py")))
 

@@ -20,7 +20,7 @@ from jax_i2v.models.config import UNetConfig
 from jax_i2v.models.unet import apply_unet, build_unet, dummy_inputs
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import params_shardings
-from jax_i2v.train.checkpoint import load_for_inference
+from jax_i2v.params_io import load_for_inference
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -10,12 +10,11 @@ import optax
 import pytest
 from flax import traverse_util
 
-from jax_i2v.config_utils import load_config, unet_config
+from jax_i2v.config_utils import latent_codec, load_config, unet_config
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill.backbone import ViT, ViTConfig
 from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings
 from jax_i2v.models.unet import build_unet, random_params
-from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import params_shardings
 

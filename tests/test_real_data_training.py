@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from media_inputs import write_video_inputs
 
-from jax_i2v.config_utils import load_config
+from jax_i2v.config_utils import latent_codec, load_config
 from jax_i2v.data.latent_cache import LatentCacheSource
 from jax_i2v.data.media_tfds import build_media_dataset, load_media_dataset
 from jax_i2v.data.video_pipeline import clip_config, make_clip
 from jax_i2v.models.text_encoder import WordTokenizer
-from jax_i2v.models.vae import latent_codec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MICRO = ROOT / "configs" / "micro.py"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from jax_i2v.config_utils import text_conditioning
 from jax_i2v.models import UNetConfig, build_unet, map_mixers
-from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import dummy_inputs
 from jax_i2v.train.experiment import initial_params
 

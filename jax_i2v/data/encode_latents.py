@@ -20,11 +20,10 @@ import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jax_i2v.config_utils import latent_codec, text_conditioning
 from jax_i2v.data.latent_cache import LATENT_DTYPES, METADATA, cache_settings, encode_record, shard_path, write_metadata, write_shard
 from jax_i2v.data.video_pipeline import clip_config, make_clip
-from jax_i2v.models.text_encoder import text_conditioning
-from jax_i2v.models.vae import latent_codec
-from jax_i2v.train.inputs import video_sources
+from jax_i2v.data.video_sources import video_sources
 
 
 def encode_latents(

@@ -24,21 +24,20 @@ import ml_collections
 import numpy as np
 
 from jax_i2v.compilation_cache import enable_compilation_cache
-from jax_i2v.config_utils import attention_setting, config_from_dict, unet_from_config
+from jax_i2v.config_utils import attention_setting, config_from_dict, latent_codec, text_conditioning, unet_from_config
 from jax_i2v.data.media_tfds import load_media_dataset
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
 from jax_i2v.data.video_pipeline import clip_config
+from jax_i2v.data.video_sources import video_sources
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
 from jax_i2v.distill.data import FramesAsImages, distill_dataset
 from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings, student_params
-from jax_i2v.models.text_encoder import text_conditioning
-from jax_i2v.models.vae import latent_codec
+from jax_i2v.parallel.hosts import host_copy
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.params_io import export_params, load_for_inference
 from jax_i2v.pipeline import noise_alpha_from_config
-from jax_i2v.train.checkpoint import export_params, load_for_inference
-from jax_i2v.train.inputs import video_sources
 from jax_i2v.train.runner import RunSettings, run_steps
 from jax_i2v.train.runtime import config_section
 from jax_i2v.train.step import check_batch_size
@@ -154,7 +153,8 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
     log.info("attention kernels: %s", unet.attention_implementation.as_dict())
     text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
-    encoder = text.encoder(teacher_all["text"]) if text.module is not None else text.encoder()
+    # The caption encoder runs eagerly in the input pipeline on each host: its (small) params are gathered.
+    encoder = text.encoder(host_copy(teacher_all["text"])) if text.module is not None else text.encoder()
     teacher = teacher_all["unet"] if text.module is not None else teacher_all
     codec = latent_codec(teacher_config)
     backbone, backbone_params = build_backbone(config.backbone.to_dict(), loop.seed)

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_i2v.convert import load_text_encoder
-from jax_i2v.text import HashedWordEncoder, caption_words
+from jax_i2v.text import caption_words
 
 PAD_ID, START_ID = 0, 1
 
@@ -117,43 +116,6 @@ class TextConditioning:
         return TrainedTextEncoder(self.module, text_params, self.caption_transform)
 
 
-def _frozen(encoder) -> TextConditioning:
+def frozen_conditioning(encoder) -> TextConditioning:
     """A parameter-free (or frozen) encoder run in the input pipeline: batches carry embeddings."""
     return TextConditioning(None, encoder.encode, "text", encoder.encode([""])[0], fixed_encoder=encoder)
-
-
-def text_conditioning(text_config, text_len: int, cross_attention_dim: int) -> TextConditioning:
-    """From an experiment's `text_encoder` section (a dict-like; kind "hashed" if empty).
-
-    "hashed": fixed word vectors (jax_i2v.text.HashedWordEncoder) computed in the input pipeline;
-    "trainable": a WordTokenizer in the pipeline and a TextTransformer trained with the UNet;
-    "clip": a frozen CLIP text tower (`dir`: a text_encoder/ folder, `tokenizer_dir`: its
-    tokenizer/) run in the input pipeline, as the reference conditions on SD-2.1's.
-    """
-    text_config = dict(text_config or {})
-    kind = text_config.pop("kind", "hashed")
-    if kind not in TEXT_ENCODERS:
-        raise ValueError(f"config.text_encoder.kind must be one of {TEXT_ENCODERS}, got {kind!r}")
-    if kind == "clip":
-        if set(text_config) != {"dir", "tokenizer_dir"}:
-            raise ValueError(f"config.text_encoder: the clip encoder takes dir and tokenizer_dir, got {sorted(text_config)}")
-        encoder = load_text_encoder(text_config["dir"], text_config["tokenizer_dir"])
-        if (encoder.tokenizer.max_length, encoder.config.hidden_size) != (text_len, cross_attention_dim):
-            raise ValueError(
-                f"the CLIP tower gives {encoder.tokenizer.max_length} x {encoder.config.hidden_size} text embeddings; "
-                f"data.text_len and the UNet's cross_attention_dim say {text_len} x {cross_attention_dim}"
-            )
-        return _frozen(encoder)
-    if kind == "hashed":
-        if text_config:
-            raise ValueError(f"config.text_encoder: the hashed encoder takes no settings, got {sorted(text_config)}")
-        encoder = HashedWordEncoder(text_len, cross_attention_dim)
-        return _frozen(encoder)
-    known = {"vocab_size", "width", "layers", "heads"}
-    if set(text_config) - known:
-        raise ValueError(f"config.text_encoder: unknown keys {sorted(set(text_config) - known)}; known keys: {sorted(known | {'kind'})}")
-    tokenizer = WordTokenizer(text_config.get("vocab_size", 4096), text_len)
-    module = TextTransformer(
-        tokenizer.vocab_size, text_len, output_dim=cross_attention_dim, **{k: v for k, v in text_config.items() if k != "vocab_size"}
-    )
-    return TextConditioning(module, tokenizer, "tokens", tokenizer([""])[0])

@@ -10,11 +10,7 @@ from typing import Protocol
 
 import einops
 import jax
-import ml_collections
 import numpy as np
-
-from jax_i2v.config_utils import dtype
-from jax_i2v.convert import load_vae
 
 
 class LatentCodec(Protocol):
@@ -114,32 +110,3 @@ class BlockDCT(SpaceToDepth):
 
     def decode(self, latents):
         return super().decode(latents @ self._basis.T)
-
-
-def latent_codec(config: ml_collections.ConfigDict) -> LatentCodec:
-    """The codec an experiment config names in `codec` (default: pixels), checked against the
-    data section's `resolution`, `latent_size` and `latent_channels`."""
-    spec = dict(config.get("codec", None) or {"kind": "pixels"})
-    kind = spec.pop("kind", "pixels")
-    if kind == "pixels" and not spec:
-        codec = PixelSpace()
-    elif kind == "space_to_depth" and set(spec) <= {"factor", "shift_factor", "scaling_factor"}:
-        codec = SpaceToDepth(**spec)
-    elif kind == "block_dct" and set(spec) <= {"factor", "frequencies", "shift_factor", "scaling_factor"}:
-        codec = BlockDCT(**spec)
-    elif kind == "autoencoder_kl" and "dir" in spec and set(spec) <= {"dir", "decode_chunk"}:
-        codec = load_vae(spec["dir"], decode_chunk=spec.get("decode_chunk", 8), dtype=dtype(config.get("dtype", "float32")))
-    else:
-        raise ValueError(
-            "codec: expected kind 'pixels', 'space_to_depth' (with factor, shift_factor, scaling_factor), "
-            "'block_dct' (with factor, frequencies, shift_factor, scaling_factor) or 'autoencoder_kl' (with dir: a "
-            f"diffusers vae/ folder, and optionally decode_chunk), got {config.codec}"
-        )
-    data = config.data
-    expected = (data.resolution // codec.downsample_factor, codec.latent_channels)
-    if data.resolution % codec.downsample_factor or (data.latent_size, data.latent_channels) != expected:
-        raise ValueError(
-            f"data.resolution={data.resolution} through codec {kind!r} gives latent_size, latent_channels = "
-            f"{expected}; the config says {(data.latent_size, data.latent_channels)}"
-        )
-    return codec

@@ -1,4 +1,4 @@
-"""Moving small arrays between one host and a mesh that spans processes."""
+"""Moving small arrays between one host and a mesh that spans processes, and waiting for all."""
 
 from __future__ import annotations
 
@@ -8,6 +8,21 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+_barriers = 0
+
+
+def wait_for_all_processes(what: str, timeout_s: int = 3600) -> None:
+    """Returns once every process got here. Through the coordination service, not a collective:
+    CPU (gloo) collectives give up when a process joins 30 s after another, as after a compile
+    that took one process longer (a persistent-cache hit on one host and not another)."""
+    global _barriers
+    if jax.process_count() == 1:
+        return
+    _barriers += 1
+    from jax._src import distributed  # the runtime's client; JAX has no public barrier
+
+    distributed.global_state.client.wait_at_barrier(f"jax_i2v_{_barriers}_{what}", timeout_s * 1000)
 
 
 def host_copy(tree: Any) -> Any:

@@ -19,10 +19,9 @@ import ml_collections
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jax_i2v.config_utils import unet_from_config
+from jax_i2v.config_utils import text_conditioning, unet_from_config
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
-from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, dummy_inputs, map_mixers
 from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer

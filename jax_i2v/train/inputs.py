@@ -21,17 +21,13 @@ import ml_collections
 import numpy as np
 
 from jax_i2v import media
-from jax_i2v.data import moving_shapes
 from jax_i2v.data.latent_cache import LatentCacheSource, cache_settings, check_matches
-from jax_i2v.data.media_tfds import load_media_dataset
-from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
 from jax_i2v.data.video_pipeline import batched_stream, clip_config, read_options, training_dataset, video_frames
+from jax_i2v.data.video_sources import source_name, video_sources
 from jax_i2v.models.text_encoder import TextConditioning
 from jax_i2v.models.vae import LatentCodec
 from jax_i2v.parallel.partitioning import batch_sharding
 from jax_i2v.text import caption_text
-
-SOURCES = ("moving_shapes", "videos", "latents")
 
 
 @dataclasses.dataclass
@@ -44,13 +40,6 @@ class TrainingInputs:
     preview_examples: Callable[[int], tuple[list[np.ndarray], list[str]]]
 
 
-def _source_name(data: ml_collections.ConfigDict) -> str:
-    source = data.get("source", "moving_shapes")
-    if source not in SOURCES:
-        raise ValueError(f"config.data.source must be one of {SOURCES}, got {source!r}")
-    return source
-
-
 def _first_examples(source, count: int, first_frame: Callable[[dict], np.ndarray]):
     if count > len(source):
         raise ValueError(f"config.train.sample_videos={count} exceeds the {len(source)} held-out examples")
@@ -58,35 +47,14 @@ def _first_examples(source, count: int, first_frame: Callable[[dict], np.ndarray
     return [first_frame(e) for e in examples], [caption_text(e["caption"]) for e in examples]
 
 
-def video_sources(data: ml_collections.ConfigDict):
-    """(train videos, held-out videos, per-clip captioner or None) of a data section whose source is
-    "moving_shapes" (built first if missing and `build_if_missing`) or "videos" (whose held-out
-    examples, for previews, are its first videos)."""
-    source_name = _source_name(data)
-    if source_name == "moving_shapes":
-        settings = data.dataset.to_dict()
-        if data.get("build_if_missing", False):
-            build_moving_shapes_on_process_zero(data.dir, **settings)
-        # Clips start anywhere in the stored videos, also after objects bounced: caption each clip.
-        return (
-            load_moving_shapes(data.dir, "train", **settings),
-            load_moving_shapes(data.dir, "test", **settings),
-            moving_shapes.clip_caption,
-        )
-    if source_name == "videos":
-        videos = load_media_dataset(data.dir)
-        return videos, videos, None
-    raise ValueError(f"config.data.source must name videos ('moving_shapes' or 'videos') here, got {source_name!r}")
-
-
 def training_inputs(
     config: ml_collections.ConfigDict, batch_size: int, seed: int, text: TextConditioning, codec: LatentCodec
 ) -> TrainingInputs:
     data = config.data
-    source_name = _source_name(data)
+    kind = source_name(data)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     threads, workers = data.get("read_threads", 16), data.get("num_workers", 0)
-    if source_name == "latents":
+    if kind == "latents":
         source = LatentCacheSource(data.dir)
         check_matches(source.metadata, cache_settings(config, text.caption_key), data.dir)
         stream = batched_stream(source, lambda example, rng: example, batch_size, seed, read_threads=threads, **shard)

@@ -19,12 +19,10 @@ import ml_collections
 import numpy as np
 
 from jax_i2v.compilation_cache import enable_compilation_cache
-from jax_i2v.config_utils import unet_config
+from jax_i2v.config_utils import latent_codec, text_conditioning, unet_config
 from jax_i2v.convert import inflate_unet
 from jax_i2v.data.video_pipeline import UNREADABLE_KEY
-from jax_i2v.models.text_encoder import text_conditioning
 from jax_i2v.models.unet import VideoUNet
-from jax_i2v.models.vae import latent_codec
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.train.experiment import LoopConfig, build_experiment
 from jax_i2v.train.inputs import global_batch, training_inputs

@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import tqdm
 
-from jax_i2v.cli import RunError
 from jax_i2v.compilation_cache import cache_hits
+from jax_i2v.parallel.hosts import wait_for_all_processes
 from jax_i2v.train.checkpoint import Checkpointer
-from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption
+from jax_i2v.train.runtime import Cadence, MetricsLog, Preemption, RunError
 from jax_i2v.train.step import NONFINITE_METRIC, compiled_flops
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ def _run(
                     "%s step compiled in %.1f s%s", desc, compile_s, " (from the compilation cache)" * first_record["compile_cache_hit"]
                 )
                 flops_per_step = compiled_flops(compiled) * jax.device_count() * loop_iterations
+                wait_for_all_processes("step compiled")
                 window_start = time.perf_counter()
             state, metrics = compiled(state, batch, *extra_args)
             if pending_flag is not None:

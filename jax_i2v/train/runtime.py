@@ -18,6 +18,10 @@ from jax.experimental import multihost_utils
 log = logging.getLogger(__name__)
 
 
+class RunError(RuntimeError):
+    """A run that cannot go on for a reason its message gives in full (e.g. a diverged loss)."""
+
+
 class Preemption:
     """Turns a preemption notice into a stop the loop checks after every step.
 

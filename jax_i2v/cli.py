@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -102,7 +103,7 @@ def _check_override_keys(argv) -> None:
             if not hasattr(current, "keys") or key not in current:
                 where = ".".join(path.split(".")[:depth]) or "the config"
                 known = sorted(current.keys()) if hasattr(current, "keys") else []
-                raise SystemExit(f"error: --config.{path}: {where} has no key {key!r} (known: {', '.join(known)})")
+                raise ValueError(f"--config.{path}: {where} has no key {key!r} (known: {', '.join(known)})")
             current = current[key]
 
 
@@ -111,18 +112,40 @@ def parse_flags_with_config(argv):
     overrides and other flag errors end the program with `error: ...` (pass as app.run's flags_parser)."""
     from absl import flags
 
-    _check_override_keys(argv)
     try:
+        _check_config_files(argv)
+        _check_override_keys(argv)
         return flags.FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}") from None
+    except (flags.Error, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _check_config_files(argv) -> None:
+    for arg in argv:
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1].split(":", 1)[0]  # config_flags' FILE:ARGUMENT form
+            if not os.path.isfile(path):
+                raise ValueError(f"--config: no config file at {path}")
+
+
+# Warnings libraries give about how this code calls them, which no user can act on: Orbax reading a
+# run's params read-only and skipping the data-iterator item; our datasets' builder configs.
+_UNACTIONABLE = (
+    "read_only=True",
+    "Given directory is read only",
+    "was found in the checkpoint, but could not be restored",
+    "Using custom data configuration",
+)
 
 
 class _QuietLibraries(logging.Filter):
-    """Drops the checkpoint and data libraries' INFO chatter (several lines per save) from the console."""
+    """Drops the checkpoint and data libraries' INFO chatter (several lines per save) and their
+    warnings about our own calls from the console."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.getMessage().startswith("Using custom data configuration"):  # our datasets' own settings
+        message = record.getMessage()
+        if any(text in message for text in _UNACTIONABLE):
             return False
         libraries = ("/orbax/", "/grain/", "/tensorflow_datasets/")
         return record.levelno >= logging.WARNING or not any(name in record.pathname for name in libraries)
@@ -130,5 +153,7 @@ class _QuietLibraries(logging.Filter):
 
 def quiet_library_logs() -> None:
     """Applies the filter to the root and absl log handlers (call after logging.basicConfig)."""
+    quiet = _QuietLibraries()
+    logging.getLogger("absl").addFilter(quiet)  # also when no handler is set up (Python's last-resort one)
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_QuietLibraries())
+        handler.addFilter(quiet)

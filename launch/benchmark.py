@@ -23,6 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from jax_i2v.cli import exit_on_user_error
 from jax_i2v.config_utils import DTYPES
 from jax_i2v.convert import read_unet_config
 from jax_i2v.models.attention import IMPLEMENTATIONS
@@ -111,7 +112,10 @@ def run(args) -> dict:
 
 
 def main(argv=None):
-    print(json.dumps(run(parse_args(argv))))
+    args = parse_args(argv)
+    with exit_on_user_error():
+        result = run(args)
+    print(json.dumps(result))
     sys.stdout.flush()
 
 

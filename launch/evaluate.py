@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 from jax_i2v import media
-from jax_i2v.cli import add_sampling_flags, exit_on_user_error
+from jax_i2v.cli import add_sampling_flags, exit_on_user_error, quiet_library_logs
 from jax_i2v.compilation_cache import enable_compilation_cache, user_cache_dir
 from jax_i2v.diffusion.lcm import LCMConfig
 from jax_i2v.eval.synthetic_benchmark import codec_round_trip, load_run_and_clips, run_benchmark, sample_clips
@@ -164,6 +164,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    quiet_library_logs()
     enable_compilation_cache(args.compilation_cache, user_cache_dir())
     with exit_on_user_error():
         result = run(args)

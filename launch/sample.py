@@ -32,7 +32,7 @@ import time
 import ml_collections
 
 from jax_i2v import media
-from jax_i2v.cli import add_sampling_flags
+from jax_i2v.cli import add_sampling_flags, exit_on_user_error, quiet_library_logs
 from jax_i2v.compilation_cache import compile_time, enable_compilation_cache, user_cache_dir
 from jax_i2v.config_utils import attention_setting, latent_codec, load_config, unet_config
 from jax_i2v.convert import load_unet
@@ -190,8 +190,9 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    quiet_library_logs()
     enable_compilation_cache(args.compilation_cache, user_cache_dir())
-    with compile_time() as compile_seconds:
+    with compile_time() as compile_seconds, exit_on_user_error():
         result = run(args)
     result["compile_s"] = round(compile_seconds[0], 2)
     print(json.dumps(result))

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import tqdm
 
+from jax_i2v.cli import exit_on_user_error
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 from jax_i2v.eval.video_features import INPUT_SIZE, MAX_OBJECTS, WEIGHTS, VideoFeatureNet, attribute_labels, save_weights, to_model_input
@@ -81,7 +82,8 @@ def main(argv=None) -> dict:
     )
     args = p.parse_args(argv)
 
-    settings = generator_settings(args.frames, args.dataset_configs)
+    with exit_on_user_error():
+        settings = generator_settings(args.frames, args.dataset_configs)
     rng = np.random.default_rng(args.seed)
     train_videos, train_labels, _ = make_clips(args.seed, args.train_videos, args.frames, rng, settings)
     test_videos, test_labels, test_kinds = make_clips(TEST_SEED, args.test_videos, args.frames, rng, settings)

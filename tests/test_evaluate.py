@@ -48,6 +48,8 @@ def test_train_then_evaluate(micro_run, tmp_path):
         timeout=900,
     )
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    # No library warnings about how the run's params are read (nothing a user could act on).
+    assert not [line for line in evaluate.stderr.splitlines() if line.startswith("WARNING:absl")], evaluate.stderr[-3000:]
     result = json.loads(evaluate.stdout.splitlines()[-1])
     assert set(result) == {"model", "ground_truth", "static", "ground_truth_coded", "settings"}
     assert result["settings"]["frameinit_ds"] == 0.5 and result["settings"]["frameinit_dt"] == 0.25

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 from multihost import FSDP_MESH, PROCESSES, finish, run_one_process, start_processes
 from safetensors.numpy import load_file
 
@@ -59,12 +60,6 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines())}
 
 
-def _flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}/{key}").items()}
-    return {prefix: np.asarray(tree)}
-
-
 def _state_split(stderr: str) -> tuple[float, float]:
     local, total = re.search(r"state: ([\d.]+) MB on this process \(unique shards\) of ([\d.]+) MB", stderr).groups()
     return float(local), float(total)
@@ -98,10 +93,10 @@ def test_training_split_across_processes_equals_one_process(tmp_path):
         assert got[step] == pytest.approx(want[step], rel=1e-5), step
     _, single_params = load_for_inference(str(tmp_path / "single"))
     _, multi_params = load_for_inference(str(workdir))
-    single_flat, multi_flat = _flat(single_params), _flat(multi_params)
+    single_flat, multi_flat = flatten_dict(single_params), flatten_dict(multi_params)
     assert single_flat.keys() == multi_flat.keys()
     for key in single_flat:
-        np.testing.assert_allclose(multi_flat[key], single_flat[key], rtol=1e-5, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(multi_flat[key], single_flat[key], rtol=1e-5, atol=1e-6, err_msg=str(key))
     # Previews sampled under the training mesh, written by process 0.
     assert sorted(p.name for p in (workdir / "samples").glob("*.gif")) == [f"step_{STEPS:06d}_{i}.gif" for i in range(2)]
 
@@ -110,16 +105,17 @@ def test_training_split_across_processes_equals_one_process(tmp_path):
     run_one_process(_export(workdir, tmp_path / "export_single"))
     _, exported_multi = load_for_inference(str(tmp_path / "export_multi" / "params"))
     _, exported_single = load_for_inference(str(tmp_path / "export_single" / "params"))
-    multi_flat, single_flat = _flat(exported_multi), _flat(exported_single)
-    assert multi_flat.keys() == single_flat.keys() == _flat(multi_params).keys()
+    trained_flat = multi_flat
+    multi_flat, single_flat = flatten_dict(exported_multi), flatten_dict(exported_single)
+    assert multi_flat.keys() == single_flat.keys() == trained_flat.keys()
     for key in single_flat:
-        np.testing.assert_array_equal(multi_flat[key], single_flat[key], err_msg=key)
-        np.testing.assert_array_equal(multi_flat[key], _flat(multi_params)[key], err_msg=key)
+        np.testing.assert_array_equal(multi_flat[key], single_flat[key], err_msg=str(key))
+        np.testing.assert_array_equal(multi_flat[key], trained_flat[key], err_msg=str(key))
     unet_multi = load_file(tmp_path / "export_multi" / "unet" / "diffusion_pytorch_model.safetensors")
     unet_single = load_file(tmp_path / "export_single" / "unet" / "diffusion_pytorch_model.safetensors")
     assert unet_multi.keys() == unet_single.keys() and len(unet_single) > 50
     for key in unet_single:
-        np.testing.assert_array_equal(unet_multi[key], unet_single[key], err_msg=key)
+        np.testing.assert_array_equal(unet_multi[key], unet_single[key], err_msg=str(key))
 
 
 def _distill(workdir, teacher, images_dir):
@@ -153,7 +149,7 @@ def test_distillation_split_across_processes_equals_one_process(micro_run, tmp_p
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
     _, student_single = load_for_inference(str(tmp_path / "single" / "student"))
     _, student_multi = load_for_inference(str(tmp_path / "multi" / "student"))
-    single_flat, multi_flat = _flat(student_single), _flat(student_multi)
+    single_flat, multi_flat = flatten_dict(student_single), flatten_dict(student_multi)
     assert single_flat.keys() == multi_flat.keys()
     for key in single_flat:
-        np.testing.assert_allclose(multi_flat[key], single_flat[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(multi_flat[key], single_flat[key], rtol=1e-4, atol=1e-6, err_msg=str(key))

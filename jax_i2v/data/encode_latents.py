@@ -17,13 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_i2v.config_utils import latent_codec, text_conditioning
 from jax_i2v.data.latent_cache import LATENT_DTYPES, METADATA, cache_settings, encode_record, shard_path, write_metadata, write_shard
 from jax_i2v.data.video_pipeline import clip_config, make_clip
 from jax_i2v.data.video_sources import video_sources
+from jax_i2v.parallel.hosts import wait_for_all_processes
 
 
 def encode_latents(
@@ -79,8 +79,7 @@ def encode_latents(
         bar.close()
 
     write_shard(shard_path(out_dir, process, processes), records())
-    if processes > 1:
-        multihost_utils.sync_global_devices("latent cache written")
+    wait_for_all_processes("latent cache written")
     count = len(source) * clips_per_video
     latent_shape = [data.frames, data.latent_size, data.latent_size, data.latent_channels]
     metadata = {

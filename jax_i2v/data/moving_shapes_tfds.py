@@ -12,9 +12,9 @@ import os
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
 
 from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
+from jax_i2v.parallel.hosts import wait_for_all_processes
 
 # Test examples use a different seed stream from training ones.
 _SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_003}
@@ -122,8 +122,7 @@ def build_moving_shapes_on_process_zero(data_dir: str, **config) -> None:
     """`build_moving_shapes` by process 0 while the others wait for it (every process then loads it)."""
     if jax.process_index() == 0:
         build_moving_shapes(data_dir, **config)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"moving shapes built in {data_dir}")
+    wait_for_all_processes(f"moving shapes built in {data_dir}")
 
 
 def load_moving_shapes(data_dir: str, split: str = "train", **config):

@@ -17,6 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jax_i2v.parallel.hosts import wait_for_all_processes
 from jax_i2v.train.runtime import RunError
 from jax_i2v.train.state import TrainState
 
@@ -97,8 +98,7 @@ class Checkpointer:
         if jax.process_index() == 0:
             path = os.path.join(self.directory, str(step))
             os.replace(path, f"{path}.damaged")
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        wait_for_all_processes(f"checkpoint {step} set aside")
         self.manager.reload()
 
     def wait(self) -> None:

@@ -10,6 +10,7 @@ checkpoints (WORKDIR/checkpoints) and the metrics log (WORKDIR/metrics.jsonl, Te
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -127,8 +128,9 @@ def run_steps(
     FLOP count holds a loop body once. Saves at the cadence and on stopping; `NonFiniteError`
     stops without saving.
     """
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=settings.keep_checkpoints)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=settings.keep_checkpoints)
+        cleanup.callback(checkpointer.close)
         state = checkpointer.restore_newest_good(abstract_state, state_shardings, data_iterator)
         if state is None:
             state = init_state()
@@ -136,78 +138,38 @@ def run_steps(
             log.info("resumed from step %d", int(state.step))
         log.info("state: %s on this process (unique shards) of %s in all", *map(_megabytes, state_bytes(state)))
         metrics_log = MetricsLog(workdir, int(state.step), tensorboard)
-        try:
-            return _run(
-                settings,
-                state,
-                step_fn,
-                next_batch,
-                extra_args,
-                checkpointer,
-                data_iterator,
-                config_dict,
-                metrics_log,
-                started,
-                desc,
-                postfix,
-                after_step,
-                host_metrics,
-                loop_iterations,
-            )
-        finally:
-            metrics_log.close()
-    finally:
-        checkpointer.close()
+        cleanup.callback(metrics_log.close)
+        step = int(state.step)
+        preemption = Preemption()
+        cleanup.callback(preemption.restore)
+        bar = _progress_bar(settings, step, desc, jax.process_index() == 0)
+        cleanup.callback(bar.close)
+        cadence = Cadence(settings.steps, settings.log_every, settings.checkpoint_every, settings.time_limit_minutes, started)
+        last: dict[str, Any] = {}
+        compiled, flops_per_step, first_record = None, float("nan"), {}
+        window_start, window_steps = time.perf_counter(), 0
+        pending_flag, nonfinite_run, nonfinite_in_window, nonfinite_total = None, 0, 0, 0
 
+        def save():
+            checkpointer.save(step, state, data_iterator, config_dict)
 
-def _run(
-    settings,
-    state,
-    step_fn,
-    next_batch,
-    extra_args,
-    checkpointer,
-    data_iterator,
-    config_dict,
-    metrics_log,
-    started,
-    desc,
-    postfix,
-    after_step,
-    host_metrics,
-    loop_iterations,
-) -> RunResult:
-    step = int(state.step)
-    is_chief = jax.process_index() == 0
-    preemption = Preemption()
-    cadence = Cadence(settings.steps, settings.log_every, settings.checkpoint_every, settings.time_limit_minutes, started)
-    bar = _progress_bar(settings, step, desc, is_chief)
-    last: dict[str, Any] = {}
-    compiled, flops_per_step, first_record = None, float("nan"), {}
-    window_start, window_steps = time.perf_counter(), 0
-    pending_flag, nonfinite_run, nonfinite_in_window, nonfinite_total = None, 0, 0, 0
+        def count_nonfinite(flag) -> None:
+            nonlocal nonfinite_run, nonfinite_in_window, nonfinite_total
+            if not float(flag):
+                nonfinite_run = 0
+                return
+            nonfinite_run += 1
+            nonfinite_in_window += 1
+            nonfinite_total += 1
+            log.warning("non-finite loss or gradient norm: update skipped (%d in a row)", nonfinite_run)
 
-    def save():
-        checkpointer.save(step, state, data_iterator, config_dict)
+        def stop_if_too_many_nonfinite() -> None:
+            if nonfinite_run >= settings.max_nonfinite_steps:
+                raise NonFiniteError(
+                    f"{nonfinite_run} consecutive steps had a non-finite loss or gradient norm (max_nonfinite_steps="
+                    f"{settings.max_nonfinite_steps}); stopped without saving, the newest checkpoint is untouched"
+                )
 
-    def count_nonfinite(flag) -> None:
-        nonlocal nonfinite_run, nonfinite_in_window, nonfinite_total
-        if not float(flag):
-            nonfinite_run = 0
-            return
-        nonfinite_run += 1
-        nonfinite_in_window += 1
-        nonfinite_total += 1
-        log.warning("non-finite loss or gradient norm: update skipped (%d in a row)", nonfinite_run)
-
-    def stop_if_too_many_nonfinite() -> None:
-        if nonfinite_run >= settings.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"{nonfinite_run} consecutive steps had a non-finite loss or gradient norm (max_nonfinite_steps="
-                f"{settings.max_nonfinite_steps}); stopped without saving, the newest checkpoint is untouched"
-            )
-
-    try:
         while step < settings.steps:
             batch = next_batch()
             if compiled is None:
@@ -262,7 +224,4 @@ def _run(
             if cadence.should_stop(step, out_of_time, preemption):
                 save()
                 break
-    finally:
-        preemption.restore()
-        bar.close()
-    return RunResult(state=state, step=step, last_metrics=last)
+        return RunResult(state=state, step=step, last_metrics=last)

@@ -7,7 +7,10 @@ import contextlib
 import logging
 import os
 import sys
+import unittest.mock
 from typing import Callable
+
+from absl import flags
 
 # Each key of `jax_i2v.pipeline.SAMPLING_DEFAULTS`: (type, what it sets, its fallback when the
 # default there is None).
@@ -157,3 +160,119 @@ def quiet_library_logs() -> None:
     logging.getLogger("absl").addFilter(quiet)  # also when no handler is set up (Python's last-resort one)
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
         handler.addFilter(quiet)
+
+
+# Launchers that tests call in-process (benchmark, convert_backbone, build_dataset, ...) keep their
+# flags in a registry of their own rather than absl's global one: tests import several launchers
+# into one process, where flags that share a name (--seed, --out, --frames) would collide, and each
+# call of their main() starts again from the defaults.
+
+
+class _IntegerListParser(flags.ListParser):
+    """Comma-separated integers: 10,50,999."""
+
+    def parse(self, argument):
+        values = super().parse(argument)
+        try:
+            return [int(value) for value in values]
+        except ValueError:
+            raise ValueError(f"expected comma-separated integers, got {argument!r}") from None
+
+    def flag_type(self) -> str:
+        return "list of integers"
+
+
+def define_integer_list(name: str, default, help: str, flag_values: flags.FlagValues = flags.FLAGS, **kwargs) -> flags.FlagHolder:
+    """A flag of comma-separated integers (absl has lists of strings only)."""
+    return flags.DEFINE(
+        _IntegerListParser(), name, default, help, flag_values=flag_values, serializer=flags.CsvListSerializer(","), **kwargs
+    )
+
+
+def define_attention_flag(flag_values: flags.FlagValues = flags.FLAGS, fallback: str = "auto") -> flags.FlagHolder:
+    """--attention: the attention kernels; unset means `fallback`."""
+    from jax_i2v.models.attention import IMPLEMENTATIONS
+
+    return flags.DEFINE_enum("attention", None, IMPLEMENTATIONS, f"attention kernels (default: {fallback})", flag_values=flag_values)
+
+
+def define_seed_flag(what: str, flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+    """--seed (default 0); `what` says what it picks."""
+    return flags.DEFINE_integer("seed", 0, what, flag_values=flag_values)
+
+
+def define_trained_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[flags.FlagHolder, flags.FlagHolder, flags.FlagHolder]:
+    """--checkpoint (required), --ema and --config of a launcher that reads a trained model: the
+    config file's `data` section (with any --config.KEY=VALUE overrides) replaces the run's saved
+    one, e.g. where its dataset has moved."""
+    from ml_collections import config_flags
+
+    checkpoint = flags.DEFINE_string(
+        "checkpoint", None, "training workdir, one of its checkpoints/STEP folders or a params export", flag_values=flag_values
+    )
+    ema = flags.DEFINE_bool("ema", True, "the EMA params when the run kept them (--noema: the raw params)", flag_values=flag_values)
+    config = config_flags.DEFINE_config_file(
+        "config", None, "config file (configs/*.py) whose data section replaces the run's", flag_values=flag_values
+    )
+    flags.mark_flag_as_required("checkpoint", flag_values=flag_values)
+    return checkpoint, ema, config
+
+
+def _current_spellings(flag_values: flags.FlagValues, argv: list[str]) -> list[str]:
+    """Command lines written for the launchers' earlier argparse flags still parse: --latent-hw 32 32
+    reads as --latent_hw=32,32 and --no-ema as --noema. A list flag takes the values that follow it
+    up to the next flag."""
+    known = set(flag_values)
+    rewritten, index = [argv[0]], 1
+    while index < len(argv):
+        arg = argv[index]
+        index += 1
+        if arg == "--":
+            rewritten += argv[index - 1 :]
+            break
+        if not arg.startswith("--") or arg.startswith("--config."):
+            rewritten.append(arg)
+            continue
+        written, equals, value = arg[2:].partition("=")
+        name = written.replace("-", "_")
+        if name.startswith("no_") and name[3:] in known and isinstance(flag_values[name[3:]], flags.BooleanFlag):
+            name = "no" + name[3:]
+        if name not in known and not (name.startswith("no") and name[2:] in known):
+            rewritten.append(arg)  # absl names the unknown flag
+            continue
+        if not equals and name in known and isinstance(flag_values[name].parser, flags.ListParser):
+            values = []
+            while index < len(argv) and not argv[index].startswith("-"):
+                values.append(argv[index])
+                index += 1
+            rewritten.append(f"--{name}={','.join(values)}")
+            continue
+        rewritten.append(f"--{name}{equals}{value}")
+    return rewritten
+
+
+def parse_launcher_flags(flag_values: flags.FlagValues, args: list[str] | None = None, usage: str = "") -> None:
+    """Parses the command-line arguments `args` (default: sys.argv[1:]) into a launcher's own flag
+    registry, from its defaults. --help prints `usage` and the flags; bad flags, a missing config
+    file, unknown --config.KEY overrides and stray arguments end the program with `error: ...` and
+    status 2."""
+    argv = [sys.argv[0], *(sys.argv[1:] if args is None else args)]
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(f"{usage.strip()}\n\nflags:\n{flag_values.get_help()}")
+        sys.exit(0)
+    flag_values.unparse_flags()
+    for name in [name for name in flag_values if name.startswith("config.")]:
+        delattr(flag_values, name)  # an earlier parse's --config.KEY overrides; config_flags defines them anew
+    try:
+        _check_config_files(argv)
+        _check_override_keys(argv)
+        current = _current_spellings(flag_values, argv)
+        with unittest.mock.patch.object(sys, "argv", current):  # where config_flags looks for --config.KEY overrides
+            stray = flag_values(current)[1:]
+        if stray:
+            raise ValueError(f"unexpected arguments: {' '.join(stray)}")
+    except (flags.Error, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # absl's own (logging) flags keep their defaults, without a warning

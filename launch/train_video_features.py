@@ -1,19 +1,18 @@
 """Trains the benchmark's video feature encoder (jax_i2v/eval/video_features.py) on moving-shapes
 clips and writes its weights (by default the copy shipped with the package).
 
-  python launch/train_video_features.py --steps 1000 --out jax_i2v/eval/weights/video_features.safetensors
+  python launch/train_video_features.py --steps=1000 --out=jax_i2v/eval/weights/video_features.safetensors
 
 Clips are the first F frames at a random stride 1-3 of freshly generated videos (seed 0 for
 training, the test split's seed stream for the reported held-out accuracy). Half the videos follow
 the generator's defaults (1-3 objects crossing the frame), half the `data.dataset` settings of
-each `--dataset-configs` file (by default configs/tiny.py: one object moving about its radius), so
+each `--dataset_configs` file (comma-separated; by default configs/tiny.py: one object moving about its radius), so
 the features tell small motions from none. Prints one JSON line with the held-out accuracy of each
 attribute head, overall and per dataset setting.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -23,14 +22,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from absl import flags
 
-from jax_i2v.cli import exit_on_user_error
+from jax_i2v.cli import define_seed_flag, exit_on_user_error, parse_launcher_flags
 from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes import MovingShapesConfig, generate_example
 from jax_i2v.eval.video_features import INPUT_SIZE, MAX_OBJECTS, WEIGHTS, VideoFeatureNet, attribute_labels, save_weights, to_model_input
 
 TEST_SEED = 1_000_003
 MAX_STRIDE = 3
+
+FLAGS = flags.FlagValues()
+_STEPS = flags.DEFINE_integer("steps", 1000, "training steps", lower_bound=1, flag_values=FLAGS)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "clips per step", lower_bound=1, flag_values=FLAGS)
+_TRAIN_VIDEOS = flags.DEFINE_integer("train_videos", 2000, "videos generated for training", lower_bound=1, flag_values=FLAGS)
+_TEST_VIDEOS = flags.DEFINE_integer("test_videos", 256, "held-out videos the accuracy is measured on", lower_bound=1, flag_values=FLAGS)
+_FRAMES = flags.DEFINE_integer("frames", 8, "frames per clip", lower_bound=2, flag_values=FLAGS)
+_LR = flags.DEFINE_float("lr", 2e-3, "peak learning rate (cosine decay)", flag_values=FLAGS)
+_SEED = define_seed_flag("picks the training videos, strides, batches and initial weights", FLAGS)
+_OUT = flags.DEFINE_string("out", WEIGHTS, "the weights file to write", flag_values=FLAGS)
+_DATASET_CONFIGS = flags.DEFINE_list(
+    "dataset_configs", ["configs/tiny.py"], "config files whose data.dataset settings make half the clips", flag_values=FLAGS
+)
 
 
 def generator_settings(frames: int, dataset_configs: list[str]) -> list[MovingShapesConfig]:
@@ -67,30 +80,27 @@ def make_clips(seed: int, count: int, frames: int, rng: np.random.Generator, set
     return np.stack(videos), attribute_labels(shapes, colours, directions), np.array(kinds)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--train-videos", type=int, default=2000)
-    p.add_argument("--test-videos", type=int, default=256)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=WEIGHTS)
-    p.add_argument(
-        "--dataset-configs", nargs="*", default=["configs/tiny.py"], help="config files whose data.dataset settings make half the clips"
-    )
-    args = p.parse_args(argv)
-
-    with exit_on_user_error():
-        settings = generator_settings(args.frames, args.dataset_configs)
-    rng = np.random.default_rng(args.seed)
-    train_videos, train_labels, _ = make_clips(args.seed, args.train_videos, args.frames, rng, settings)
-    test_videos, test_labels, test_kinds = make_clips(TEST_SEED, args.test_videos, args.frames, rng, settings)
+def train_features(
+    settings: list[MovingShapesConfig],
+    setting_names: list[str],
+    steps: int = 1000,
+    batch_size: int = 32,
+    train_videos: int = 2000,
+    test_videos: int = 256,
+    frames: int = 8,
+    lr: float = 2e-3,
+    seed: int = 0,
+    out: str = WEIGHTS,
+) -> dict:
+    """Trains the feature encoder on clips of `settings` (from `generator_settings(frames, ...)`),
+    writes its weights to `out` and returns the held-out accuracies, per setting by name."""
+    rng = np.random.default_rng(seed)
+    train_clips, train_labels, _ = make_clips(seed, train_videos, frames, rng, settings)
+    test_clips, test_labels, test_kinds = make_clips(TEST_SEED, test_videos, frames, rng, settings)
 
     model = VideoFeatureNet()
-    params = model.init(jax.random.key(args.seed), to_model_input(train_videos[:1]))["params"]
-    optimizer = optax.adamw(optax.cosine_decay_schedule(args.lr, args.steps), weight_decay=1e-4)
+    params = model.init(jax.random.key(seed), to_model_input(train_clips[:1]))["params"]
+    optimizer = optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=1e-4)
     opt_state = optimizer.init(params)
 
     def loss_fn(params, videos, labels):
@@ -110,27 +120,43 @@ def main(argv=None) -> dict:
         return {k: v.argmax(-1) for k, v in logits.items()}
 
     start = time.perf_counter()
-    bar = tqdm.trange(args.steps, desc="training", unit="step")
+    bar = tqdm.trange(steps, desc="training", unit="step")
     for step in bar:
-        index = rng.integers(0, len(train_videos), args.batch_size)
+        index = rng.integers(0, len(train_clips), batch_size)
         batch = {k: jnp.asarray(v[index]) for k, v in train_labels.items()}
-        params, opt_state, loss = train_step(params, opt_state, to_model_input(train_videos[index]), batch)
+        params, opt_state, loss = train_step(params, opt_state, to_model_input(train_clips[index]), batch)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{float(loss):.3f}")
-    predictions = predict(params, to_model_input(test_videos))
+    predictions = predict(params, to_model_input(test_clips))
     correct = {k: np.asarray(v) == test_labels[k] for k, v in predictions.items()}
     accuracy = {k: float(v.mean()) for k, v in correct.items()}
-    by_setting = {
-        ("defaults", *args.dataset_configs)[i]: {k: float(v[test_kinds == i].mean()) for k, v in correct.items()}
-        for i in range(len(settings))
-    }
-    save_weights(args.out, params)
-    result = {
-        "weights": args.out,
+    by_setting = {name: {k: float(v[test_kinds == i].mean()) for k, v in correct.items()} for i, name in enumerate(setting_names)}
+    save_weights(out, params)
+    return {
+        "weights": out,
         "held_out_accuracy": accuracy,
         "held_out_accuracy_by_setting": by_setting,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def main(argv=None) -> dict:
+    """Trains for the command-line arguments `argv` (default: sys.argv[1:])."""
+    parse_launcher_flags(FLAGS, argv, __doc__)
+    with exit_on_user_error():
+        settings = generator_settings(_FRAMES.value, _DATASET_CONFIGS.value)
+    result = train_features(
+        settings,
+        ["defaults", *_DATASET_CONFIGS.value],
+        steps=_STEPS.value,
+        batch_size=_BATCH_SIZE.value,
+        train_videos=_TRAIN_VIDEOS.value,
+        test_videos=_TEST_VIDEOS.value,
+        frames=_FRAMES.value,
+        lr=_LR.value,
+        seed=_SEED.value,
+        out=_OUT.value,
+    )
     print(json.dumps(result))
     return result
 

@@ -51,7 +51,7 @@ def test_earlier_hooks_build_fewer_blocks(tmp_path, dinov2):
 def test_converted_transformers_folder_runs_at_another_resolution(tmp_path, dinov2):
     """The CLI resizes the positions once; transformers resizes them at run time the same way."""
     dinov2.save_pretrained(tmp_path / "hf")
-    convert_backbone.main(["--transformers", str(tmp_path / "hf"), "--out", str(tmp_path / "vit"), "--image-size", "8", "--hooks", "3"])
+    convert_backbone.main([f"--transformers={tmp_path / 'hf'}", f"--out={tmp_path / 'vit'}", "--image_size=8", "--hooks=3"])
     config, params = load_vit(str(tmp_path / "vit"))
     assert (config.image_size, config.tokens, config.hooks) == (8, 4, (3,))
     images = np.random.default_rng(1).standard_normal((2, 8, 8, 3)).astype(np.float32)

@@ -19,15 +19,15 @@ CASES = {
     "sample": ["--checkpoint", MISSING, "--image", IMAGE, "--prompt", "x", "--out", "WORK/o"],
     "evaluate": ["--checkpoint", MISSING],
     "export_params": [f"--checkpoint={MISSING}", "--out=WORK/e"],
-    "build_dataset": ["--data-dir", "WORK/d", "--name", "x", "--layout", "jsonl", "--jsonl", MISSING, "--video-folder", MISSING],
+    "build_dataset": ["--data_dir=WORK/d", "--name=x", "--layout=jsonl", f"--jsonl={MISSING}", f"--video_folder={MISSING}"],
     "cache_latents": [f"--config={MICRO}", "--out=WORK/c", "--config.data.source=videos", f"--config.data.dir={MISSING}"],
-    "convert_backbone": ["--transformers", MISSING, "--out", "WORK/b"],
-    "denoising_profile": ["--checkpoint", MISSING],
+    "convert_backbone": [f"--transformers={MISSING}", "--out=WORK/b"],
+    "denoising_profile": [f"--checkpoint={MISSING}"],
     "aot_compile": ["--config=/missing/config.py", "--topology=v5e:2x2"],
-    "benchmark": ["--unet-config", MISSING],
+    "benchmark": [f"--unet_config={MISSING}"],
     "benchmark_data": [f"--config={MICRO}", "--config.data.source=videos", f"--config.data.dir={MISSING}"],
     "sweep": ["--workdir", "WORK/s", "--configs", "/missing/config.py"],
-    "train_video_features": ["--dataset-configs", "/missing/config.py", "--out", "WORK/f"],
+    "train_video_features": ["--dataset_configs=/missing/config.py", "--out=WORK/f"],
 }
 
 

@@ -22,7 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from jax_i2v.cli import define_integer_list, define_seed_flag, define_trained_run_flags, exit_on_user_error, parse_launcher_flags
+from jax_i2v.cli import (
+    define_integer_list,
+    define_seed_flag,
+    define_trained_run_flags,
+    exit_on_user_error,
+    parse_launcher_flags,
+    quiet_library_logs,
+)
 from jax_i2v.data.moving_shapes import reverse_directions
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.schedules import make_schedule
@@ -85,6 +92,7 @@ def profile(checkpoint: str, num_videos: int = 8, seed: int = 0, timesteps=DEFAU
 def main(argv=None) -> dict:
     """Profiles for the command-line arguments `argv` (default: sys.argv[1:])."""
     parse_launcher_flags(FLAGS, argv, __doc__)
+    quiet_library_logs()
     with exit_on_user_error():
         result = profile(_CHECKPOINT.value, _NUM_VIDEOS.value, _SEED.value, _TIMESTEPS.value, _CONFIG.value, _EMA.value)
     print(json.dumps(result))

@@ -14,6 +14,8 @@ The optimisation and objective are the reference's training.yaml (section 2 of t
 
 import ml_collections
 
+from jax_i2v.pipeline.sampling_config import SamplingConfig
+
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -110,7 +112,8 @@ def get_config():
             time_limit_minutes=0.0,
         )
     )
-    config.sampling = ml_collections.ConfigDict(dict(steps=50, text_guidance=7.5, frameinit="gaussian"))
+    # The release's inference settings: SamplingConfig's defaults (50 DDIM steps, text guidance 7.5, FrameInit).
+    config.sampling = SamplingConfig().to_config_dict()
     # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
     # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).
     config.model = ml_collections.ConfigDict(dict(attention="auto"))

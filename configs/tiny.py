@@ -5,6 +5,8 @@ released model."""
 
 import ml_collections
 
+from jax_i2v.pipeline.sampling_config import SamplingConfig
+
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -155,7 +157,7 @@ def get_config():
     # eta's fresh noise independent per frame (fresh_noise_alpha 0), not mixed like the training noise
     # (the default, what the posterior has): mixed gives smoother clips closer to the data but
     # places objects worse.
-    config.sampling = ml_collections.ConfigDict(dict(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian"))
+    config.sampling = SamplingConfig(steps=25, text_guidance=1.25, eta=1.0, fresh_noise_alpha=0.0, frameinit="gaussian").to_config_dict()
     # Axis sizes; one may be -1 (all remaining devices). dcn: across slices (multi-slice TPU).
     # Attention kernels: auto | xla | blocked | splash | cudnn; auto picks per platform of the mesh's
     # devices (CPU blocked, TPU splash for spatial attention, GPU cuDNN where it runs).

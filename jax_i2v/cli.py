@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -12,42 +11,46 @@ from typing import Callable
 
 from absl import flags
 
-# Each key of `jax_i2v.pipeline.SAMPLING_DEFAULTS`: (type, what it sets, its fallback when the
-# default there is None).
-_SAMPLING_FLAGS = {
-    "steps": (int, "sampling steps", None),
-    "text_guidance": (float, "text guidance scale", None),
-    "image_guidance": (float, "first-frame guidance; > 1 switches to 3-way text+image guidance", None),
-    "eta": (float, "DDIM eta: 0 deterministic, 1 DDPM-like", None),
-    "noise_alpha": (float, "pyoco mixed-noise alpha of the initial noise, 0: independent frames", "the training's, else 1"),
-    "fresh_noise_alpha": (float, "alpha of the noise drawn at each step (eta > 0, LCM)", "the noise alpha"),
-    "frameinit": (str, "FrameInit filter, or none", None),
-    "frameinit_ds": (float, "FrameInit spatial cutoff", None),
-    "frameinit_dt": (float, "FrameInit temporal cutoff", None),
-    "frameinit_order": (int, "FrameInit Butterworth order", None),
-    "frameinit_noise_level": (int, "FrameInit noise level, per mille of the timesteps", None),
-}
+
+def define_sampling_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Callable[[], dict]:
+    """One --sampling.KEY flag per `jax_i2v.pipeline.SamplingConfig` field, unset by default so
+    that the config's `sampling` section and the dataclass's defaults fill what is not given;
+    returns the function giving the flags set, {key: value}."""
+    import dataclasses
+    import typing
+
+    from jax_i2v.pipeline.sampling_config import FRAMEINIT_CHOICES, SAMPLERS, SamplingConfig
+
+    hints = typing.get_type_hints(SamplingConfig)
+    choices = {"sampler": SAMPLERS, "frameinit": FRAMEINIT_CHOICES}
+    names = []
+    for field in dataclasses.fields(SamplingConfig):
+        name, kind = f"sampling.{field.name}", typing.get_args(hints[field.name])[:1] or (hints[field.name],)
+        help_text = f"{field.metadata['help']} (default: the config's sampling.{field.name}, else {field.default})"
+        if field.name in choices:
+            flags.DEFINE_enum(name, None, choices[field.name], help_text, flag_values=flag_values)
+        elif kind[0] is int:
+            flags.DEFINE_integer(name, None, help_text, flag_values=flag_values)
+        else:
+            flags.DEFINE_float(name, None, help_text, flag_values=flag_values)
+        names.append(field.name)
+
+    def given() -> dict:
+        return {key: flag_values[f"sampling.{key}"].value for key in names if flag_values[f"sampling.{key}"].present}
+
+    return given
 
 
-def sampling_flag(key: str) -> str:
-    """The command-line flag of a sampling setting: --text-guidance for text_guidance."""
-    return "--" + key.replace("_", "-")
+def define_compilation_cache_flag(flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
+    """--compilation_cache: JAX's persistent compilation cache of the sampling launchers."""
+    from jax_i2v.compilation_cache import user_cache_dir
 
-
-def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, fallbacks: dict | None = None) -> None:
-    """One flag per sampling setting, unset by default so that `jax_i2v.pipeline.sampling_settings`
-    takes the config's `sampling` section; `fallbacks` names what an unset flag falls back to where
-    it is not `SAMPLING_DEFAULTS`' value."""
-    from jax_i2v.diffusion.frameinit import FILTER_TYPES
-    from jax_i2v.pipeline import SAMPLING_DEFAULTS
-
-    for key, default in SAMPLING_DEFAULTS.items():
-        kind, what, none_means = _SAMPLING_FLAGS[key]
-        fallback = (fallbacks or {}).get(key, none_means if default is None else default)
-        choices = FILTER_TYPES + ("none",) if key == "frameinit" else None
-        parser.add_argument(
-            sampling_flag(key), type=kind, choices=choices, help=f"{what} (default: config sampling.{key}, else {fallback})"
-        )
+    return flags.DEFINE_string(
+        "compilation_cache",
+        "",
+        f"JAX's persistent compilation cache (default: $JAX_COMPILATION_CACHE_DIR, else {user_cache_dir()}; none: off)",
+        flag_values=flag_values,
+    )
 
 
 def define_distributed_flags() -> Callable[[], None]:

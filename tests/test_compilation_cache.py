@@ -36,24 +36,18 @@ def test_a_second_sample_run_loads_its_programs_from_the_cache(tmp_path):
     command = [
         sys.executable,
         str(ROOT / "launch" / "sample.py"),
-        "--config",
-        str(ROOT / "configs" / "micro.py"),
-        "--random-params",
-        "--image",
-        str(ROOT / "assets" / "red_circle_blue_square.png"),
-        "--prompt",
-        "a red circle moves left",
-        "--steps",
-        "2",
-        "--formats",
-        "gif",
-        "--no-progress",
-        "--compilation-cache",
-        str(cache),
+        f"--config={ROOT / 'configs' / 'micro.py'}",
+        "--random_params",
+        f"--image={ROOT / 'assets' / 'red_circle_blue_square.png'}",
+        "--prompt=a red circle moves left",
+        "--sampling.steps=2",
+        "--formats=gif",
+        "--noprogress",
+        f"--compilation_cache={cache}",
     ]
     compile_seconds = []
     for run in ("first", "second"):
-        result = subprocess.run(command + ["--out", str(tmp_path / run)], env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(command + [f"--out={tmp_path / run}"], env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         compile_seconds.append(json.loads(result.stdout.splitlines()[-1])["compile_s"])
     print("sample.py compile_s, first and second start:", compile_seconds)

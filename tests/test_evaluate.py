@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jax_i2v.config_utils import load_config
+from jax_i2v.eval.synthetic_benchmark import BenchmarkClip, pipeline_generator, sample_clips
 from launch import evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -24,23 +25,16 @@ def test_train_then_evaluate(micro_run, tmp_path):
         [
             sys.executable,
             str(ROOT / "launch" / "evaluate.py"),
-            "--checkpoint",
-            str(workdir),
-            "--bench",
-            "synthetic",
-            "--num-videos",
-            "4",
-            "--seed",
-            "3",
-            "--steps",
-            "2",
-            "--frameinit-ds",
-            "0.5",
-            "--codec-reference",
-            "--out",
-            str(tmp_path / "scores.json"),
-            "--gif",
-            str(tmp_path / "samples.gif"),
+            f"--checkpoint={workdir}",
+            "--bench=synthetic",
+            "--num_videos=4",
+            "--batch_size=3",
+            "--seed=3",
+            "--sampling.steps=2",
+            "--sampling.frameinit_ds=0.5",
+            "--codec_reference",
+            f"--out={tmp_path / 'scores.json'}",
+            f"--gif={tmp_path / 'samples.gif'}",
         ],
         env=env,
         capture_output=True,
@@ -67,41 +61,30 @@ def test_train_then_evaluate(micro_run, tmp_path):
     assert grid.shape == (4, 4 * 64 + 3 * 2, 2 * 64 + 2, 3)
 
 
-def test_sampling_noise_is_correlated_across_frames_as_the_training_noise_was():
+def test_the_run_is_sampled_as_its_config_says_in_batches_with_per_video_seeds():
     config = load_config(str(ROOT / "configs" / "tiny.py"))
-    args = evaluate.parse_args(["--checkpoint", "unused"])
-    assert evaluate.sampling_settings(config, args)["noise_alpha"] == config.objective.noise_alpha == 1.0
-    config.objective.noise_alpha = 0.0
-    assert evaluate.sampling_settings(config, args)["noise_alpha"] == 0.0
-    settings = evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))
-    assert settings["noise_alpha"] == 0.5
-    # tiny samples eta's noise independently per frame (its README measurement); else the noise alpha.
-    assert settings["fresh_noise_alpha"] == config.sampling.fresh_noise_alpha == 0.0
-    del config.sampling["fresh_noise_alpha"]
-    assert (
-        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5"]))["fresh_noise_alpha"]
-        == 0.5
-    )
-    settings = evaluate.sampling_settings(
-        config, evaluate.parse_args(["--checkpoint", "unused", "--noise-alpha", "0.5", "--fresh-noise-alpha", "2"])
-    )
-    assert settings["fresh_noise_alpha"] == 2.0
+    sampling = evaluate.trained_sampling(config)
+    assert sampling.noise_alpha == config.objective.noise_alpha and sampling.fresh_noise_alpha == config.sampling.fresh_noise_alpha
+    assert sampling.frame_stride == evaluate.BENCHMARK_FRAME_STRIDE
+    with pytest.raises(ValueError, match="first_frame_dropout"):
+        evaluate.trained_sampling(config, image_guidance=1.5)
+    config.objective.text_dropout = 0.0
+    with pytest.raises(ValueError, match="text_dropout"):
+        evaluate.trained_sampling(config)
 
     calls = []
 
     class RecordingPipeline:
-        def sample_each(self, images, prompts, **kwargs):
-            calls.append(kwargs)
+        def __call__(self, images, prompts, **kwargs):
+            calls.append((len(images), list(prompts), kwargs))
             return np.zeros((len(images), 2, 4, 4, 3), np.float32)
 
-    with pytest.raises(ValueError, match="first_frame_dropout"):
-        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused", "--image-guidance", "1.5"]))
-    config.objective.text_dropout = 0.0
-    with pytest.raises(ValueError, match="text_dropout"):
-        evaluate.sampling_settings(config, evaluate.parse_args(["--checkpoint", "unused"]))
-
-    evaluate.pipeline_generator(RecordingPipeline(), 2, 4, settings)(np.zeros((1, 4, 4, 3), np.uint8), ["a caption"], 0)
-    assert calls[0]["noise_alpha"] == 0.5 and calls[0]["fresh_noise_alpha"] == 2.0
+    generate = pipeline_generator(RecordingPipeline(), 2, 4, sampling)
+    clips = [BenchmarkClip(np.zeros((2, 4, 4, 3), np.uint8), f"caption {i}", np.zeros((2, 0, 4, 4), bool), np.zeros(0)) for i in range(5)]
+    videos, _ = sample_clips(generate, clips, seed=10, batch_size=3)
+    assert len(videos) == 5 and [n for n, _, _ in calls] == [3, 2]  # one call per batch
+    assert [kwargs["seed"] for _, _, kwargs in calls] == [10, 13] and calls[1][1] == ["caption 3", "caption 4"]
+    assert all(kwargs["sampling"] is sampling for _, _, kwargs in calls)
 
 
 @pytest.mark.slow
@@ -109,26 +92,19 @@ def test_ode_reference_distance_is_zero_for_the_same_sampler_and_grows_with_fewe
     """The reference videos start from the benchmark's noise: the model's own DDIM (eta 0) videos
     are at distance 0, and fewer steps land elsewhere."""
     common = [
-        "--checkpoint",
-        str(micro_run),
-        "--num-videos",
-        "2",
-        "--seed",
-        "2",
-        "--eta",
-        "0",
-        "--ode-reference",
-        str(micro_run),
-        "--ode-reference-steps",
-        "3",
-        "--out",
-        str(tmp_path / "scores.json"),
+        f"--checkpoint={micro_run}",
+        "--num_videos=2",
+        "--seed=2",
+        "--sampling.eta=0",
+        f"--ode_reference={micro_run}",
+        "--ode_reference_steps=3",
+        f"--out={tmp_path / 'scores.json'}",
     ]
-    same = evaluate.main(common + ["--steps", "3"])
+    same = evaluate.main(common + ["--sampling.steps=3"])
     assert same["model"]["reference_distance"] == 0.0
     assert [v["model"]["reference_distance"] for v in same["per_video"]] == [0.0] * 2
-    fewer = evaluate.main(common + ["--steps", "1"])
+    fewer = evaluate.main(common + ["--sampling.steps=1"])
     assert fewer["model"]["reference_distance"] > 0.01
     assert fewer["settings"]["ode_reference"] == os.path.abspath(micro_run) and fewer["settings"]["ode_reference_steps"] == 3
     with pytest.raises(SystemExit):
-        evaluate.parse_args(["--checkpoint", "x", "--ode-reference", "y", "--no-model"])
+        evaluate.main(["--checkpoint=x", "--ode_reference=y", "--references_only"])

@@ -16,8 +16,8 @@ MISSING = "/missing/input"
 CASES = {
     "train": ["--config=/missing/config.py", "--workdir=WORK"],
     "distill": [f"--config={MCM_MICRO}", "--workdir=WORK", f"--config.teacher={MISSING}"],
-    "sample": ["--checkpoint", MISSING, "--image", IMAGE, "--prompt", "x", "--out", "WORK/o"],
-    "evaluate": ["--checkpoint", MISSING],
+    "sample": [f"--checkpoint={MISSING}", f"--image={IMAGE}", "--prompt=x", "--out=WORK/o"],
+    "evaluate": [f"--checkpoint={MISSING}"],
     "export_params": [f"--checkpoint={MISSING}", "--out=WORK/e"],
     "build_dataset": ["--data_dir=WORK/d", "--name=x", "--layout=jsonl", f"--jsonl={MISSING}", f"--video_folder={MISSING}"],
     "cache_latents": [f"--config={MICRO}", "--out=WORK/c", "--config.data.source=videos", f"--config.data.dir={MISSING}"],
@@ -26,7 +26,7 @@ CASES = {
     "aot_compile": ["--config=/missing/config.py", "--topology=v5e:2x2"],
     "benchmark": [f"--unet_config={MISSING}"],
     "benchmark_data": [f"--config={MICRO}", "--config.data.source=videos", f"--config.data.dir={MISSING}"],
-    "sweep": ["--workdir", "WORK/s", "--configs", "/missing/config.py"],
+    "sweep": ["--workdir=WORK/s", "--configs=/missing/config.py"],
     "train_video_features": ["--dataset_configs=/missing/config.py", "--out=WORK/f"],
 }
 

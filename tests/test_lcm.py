@@ -52,11 +52,11 @@ def test_a_pipeline_folder_with_an_lcm_scheduler_samples_with_it(tmp_path, refer
     pipe = I2VPipeline.from_pretrained(str(folder))
     assert isinstance(pipe.scheduler, LCMConfig) and pipe.scheduler.timestep_scaling == 4.0
     image = np.random.default_rng(0).uniform(0, 255, (16, 16, 3)).astype(np.uint8)
-    kwargs = dict(num_frames=5, text_guidance=1.0, frameinit=None, seed=3, show_progress=False)
-    one, four = (pipe(image, "a red circle", num_steps=n, **kwargs) for n in (1, 4))
+    kwargs = dict(num_frames=5, text_guidance=1.0, frameinit="none", seed=3, show_progress=False)
+    one, four = (pipe(image, "a red circle", steps=n, **kwargs) for n in (1, 4))
     assert one.shape == four.shape == (1, 5, 16, 16, 3) and not np.allclose(one, four)
     with pytest.raises(ValueError, match="num_steps"):
-        pipe(image, "a red circle", num_steps=51, **kwargs)
+        pipe(image, "a red circle", steps=51, **kwargs)
     pipe.save_pretrained(str(tmp_path / "saved"))
     assert json.loads((tmp_path / "saved" / "model_index.json").read_text())["scheduler"] == ["diffusers", "LCMScheduler"]
-    np.testing.assert_array_equal(I2VPipeline.from_pretrained(str(tmp_path / "saved"))(image, "a red circle", num_steps=4, **kwargs), four)
+    np.testing.assert_array_equal(I2VPipeline.from_pretrained(str(tmp_path / "saved"))(image, "a red circle", steps=4, **kwargs), four)

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-SAMPLING = dict(num_frames=5, num_steps=2, frame_stride=3, seed=0, show_progress=False)
+SAMPLING = dict(num_frames=5, steps=2, frame_stride=3, seed=0, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,19 +100,13 @@ def test_sample_cli_reads_a_pipeline_folder(tmp_path, pipeline_dir, first_image)
     out = tmp_path / "video"
     result = sample.main(
         [
-            "--pretrained",
-            str(pipeline_dir),
-            "--image",
-            str(tmp_path / "first.png"),
-            "--prompt",
-            "a red circle",
-            "--steps",
-            "2",
-            "--formats",
-            "gif",
-            "--out",
-            str(out),
-            "--no-progress",
+            f"--pretrained={pipeline_dir}",
+            f"--image={tmp_path / 'first.png'}",
+            "--prompt=a red circle",
+            "--sampling.steps=2",
+            "--formats=gif",
+            f"--out={out}",
+            "--noprogress",
         ]
     )
     assert result["shape"] == [1, 5, 16, 16, 3]  # the UNet config's n_frames, the VAE's size
@@ -122,20 +116,16 @@ def test_sample_cli_reads_a_pipeline_folder(tmp_path, pipeline_dir, first_image)
 def test_sample_cli_switches_to_the_consistency_sampler(tmp_path, pipeline_dir, first_image):
     Image.fromarray(first_image).save(tmp_path / "first.png")
     argv = [
-        "--pretrained",
-        str(pipeline_dir),
-        "--image",
-        str(tmp_path / "first.png"),
-        "--prompt",
-        "a red circle",
-        "--formats",
-        "gif",
-        "--no-progress",
-        "--frameinit",
-        "none",
+        f"--pretrained={pipeline_dir}",
+        f"--image={tmp_path / 'first.png'}",
+        "--prompt=a red circle",
+        "--formats=gif",
+        "--noprogress",
+        "--sampling.frameinit=none",
     ]
-    lcm = sample.main(argv + ["--sampler", "lcm", "--out", str(tmp_path / "lcm")])  # 4 steps, no guidance
-    ddim = sample.main(argv + ["--steps", "4", "--text-guidance", "1", "--out", str(tmp_path / "ddim")])
+    lcm = sample.main(argv + ["--sampling.sampler=lcm", f"--out={tmp_path / 'lcm'}"])  # 4 steps, no guidance
+    ddim = sample.main(argv + ["--sampling.steps=4", "--sampling.text_guidance=1", f"--out={tmp_path / 'ddim'}"])
+    assert (lcm["sampling"]["steps"], lcm["sampling"]["text_guidance"]) == (4, 1.0)
     assert lcm["shape"] == ddim["shape"] == [1, 5, 16, 16, 3]
     videos = [iio.imread(tmp_path / f"{name}.gif", index=None) for name in ("lcm", "ddim")]
     np.testing.assert_array_equal(videos[0][0], videos[1][0])  # the first frame is the input's

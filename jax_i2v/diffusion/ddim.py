@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.diffusion import progress
-from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, split_prediction
+from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, fold_in_each, split_prediction
 from jax_i2v.models.config import from_diffusers_dict, to_diffusers_dict
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -145,6 +145,7 @@ def ddim_sample(
     loop is a `fori_loop`, so the caller's `jit` compiles the model once for all step counts.
     Step i's eta-noise is `noise_fn(fold_in(rng, i), shape)`, independent normals by default; pass
     the training noise (e.g. pyoco mixed): the posterior's noise has the forward noise's covariance.
+    `rng` may hold one key per video (B,), each folded in alone; `noise_fn` then takes such keys.
     `report_progress` sends (i, num_steps) to `jax_i2v.diffusion.progress` listeners after each step.
     """
 
@@ -157,7 +158,7 @@ def ddim_sample(
     def body(i, x):
         t = timesteps[i]
         model_output = denoise_fn(x, t)
-        noise = noise_fn(jax.random.fold_in(rng, i), x.shape)
+        noise = noise_fn(fold_in_each(rng, i), x.shape)
         x, _ = ddim_step(schedule, config, model_output, t, previous_timestep(t, num_steps, config), x, eta, noise)
         if report_progress:
             jax.debug.callback(progress.report_step, i, num_steps)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_i2v.diffusion import progress
-from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, per_video, split_prediction
+from jax_i2v.diffusion.schedules import NoiseSchedule, ScheduleConfig, fold_in_each, per_video, split_prediction
 from jax_i2v.models.config import from_diffusers_dict, to_diffusers_dict
 
 SIGMA_DATA = 0.5
@@ -122,7 +122,8 @@ def lcm_sample(
     report_progress: bool = False,
 ) -> jax.Array:
     """Runs the consistency sampler from pure noise `initial`; step i's fresh noise is
-    `noise_fn(fold_in(rng, i), shape)` (the training noise, e.g. pyoco mixed). `timesteps` is
+    `noise_fn(fold_in(rng, i), shape)` (the training noise, e.g. pyoco mixed; `rng` may hold one
+    key per video, (B,), each folded in alone). `timesteps` is
     `config.padded_timesteps(n)`; it and `num_steps` may be traced (a `fori_loop`)."""
     schedule = config.schedule()
     timesteps = jnp.asarray(timesteps, jnp.int32)
@@ -131,7 +132,7 @@ def lcm_sample(
     def body(i, x):
         t = timesteps[i]
         next_t = jnp.where(i + 1 < num_steps, timesteps[jnp.minimum(i + 1, timesteps.shape[0] - 1)], -1)
-        x, _ = lcm_step(schedule, config, denoise_fn(x, t), t, next_t, x, noise_fn(jax.random.fold_in(rng, i), x.shape))
+        x, _ = lcm_step(schedule, config, denoise_fn(x, t), t, next_t, x, noise_fn(fold_in_each(rng, i), x.shape))
         if report_progress:
             jax.debug.callback(progress.report_step, i, num_steps)
         return x

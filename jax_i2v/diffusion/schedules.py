@@ -137,6 +137,14 @@ def split_prediction(schedule: NoiseSchedule, noisy: jax.Array, model_output: ja
     return signal * noisy - sigma * model_output, signal * model_output + sigma * noisy
 
 
+def fold_in_each(keys: jax.Array, data) -> jax.Array:
+    """`jax.random.fold_in` of one key, or of each key of a (B,) batch (one per video, so that a
+    video's draws depend on its own key only, whatever else is in the batch)."""
+    if keys.ndim:
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, data)
+    return jax.random.fold_in(keys, data)
+
+
 def pyoco_mixed_noise(rng: jax.Array, shape: tuple[int, ...], alpha: float, frame_axis: int = 1, dtype=jnp.float32):
     """Video noise correlated across frames (PYoCo "mixed"): sqrt(a^2/(1+a^2)) s + sqrt(1/(1+a^2)) e_f.
 

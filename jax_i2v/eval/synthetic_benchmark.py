@@ -12,15 +12,15 @@ import dataclasses
 import time
 from typing import Any, Callable, Optional
 
+import ml_collections
 import numpy as np
 import tqdm
 
 from jax_i2v import media
-from jax_i2v.config_utils import load_config
 from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.eval.consistency import average, video_metrics
 from jax_i2v.eval.frame_quality import frame_quality
-from jax_i2v.pipeline import I2VPipeline
+from jax_i2v.pipeline import I2VPipeline, SamplingConfig
 from jax_i2v.text import caption_text
 
 # A generator: (first frames (B, S, S, 3) uint8, captions, seed) -> videos (B, F, S, S, 3) uint8.
@@ -59,14 +59,19 @@ def benchmark_clips(test_source, num_frames: int, num_videos: int, seed: int) ->
 
 
 def load_run_and_clips(
-    checkpoint: str, num_videos: int, seed: int, data_config: Optional[str] = None, use_ema: bool = True, attention: Optional[str] = None
+    checkpoint: str,
+    num_videos: int,
+    seed: int,
+    data_config: Optional[ml_collections.ConfigDict] = None,
+    use_ema: bool = True,
+    attention: Optional[str] = None,
 ):
     """(pipeline, config, clips): a trained model (training workdir, checkpoint or export) and
-    `num_videos` held-out clips of its dataset. `data_config`: a config file whose `data` section
+    `num_videos` held-out clips of its dataset. `data_config`: a config whose `data` section
     replaces the saved one (e.g. the dataset has moved); `attention` overrides the run's kernels."""
     pipe, config = I2VPipeline.from_checkpoint(checkpoint, use_ema=use_ema, attention=attention)
-    if data_config:
-        config.data = load_config(data_config).data
+    if data_config is not None:
+        config.data = ml_collections.ConfigDict(data_config.data.to_dict())
     data = config.data
     if data.dataset.resolution != data.resolution:
         raise ValueError(
@@ -74,6 +79,26 @@ def load_run_and_clips(
         )
     source = load_moving_shapes(data.dir, "test", **data.dataset.to_dict())
     return pipe, config, benchmark_clips(source, data.frames, num_videos, seed)
+
+
+def pipeline_generator(pipe: I2VPipeline, num_frames: int, size: int, sampling: SamplingConfig) -> VideoGenerator:
+    """A `VideoGenerator` sampling each batch with `pipe` in one call: clip i of a batch drawn
+    with seed `seed` gets the seed seed + i, as it would in any other batch."""
+
+    def generate(first_frames: np.ndarray, captions: list[str], seed: int) -> np.ndarray:
+        videos = pipe(
+            list(first_frames),
+            list(captions),
+            seed=seed,
+            num_frames=num_frames,
+            height=size,
+            width=size,
+            sampling=sampling,
+            show_progress=False,
+        )
+        return media.to_uint8(videos)
+
+    return generate
 
 
 def _score(videos: list[np.ndarray], clips: list[BenchmarkClip]) -> list[dict[str, float]]:

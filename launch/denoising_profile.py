@@ -31,12 +31,11 @@ from jax_i2v.cli import (
     quiet_library_logs,
 )
 from jax_i2v.data.moving_shapes import reverse_directions
-from jax_i2v.data.moving_shapes_tfds import load_moving_shapes
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.eval.denoising import denoising_errors
-from jax_i2v.eval.synthetic_benchmark import benchmark_clips
+from jax_i2v.eval.synthetic_benchmark import load_run_and_clips
 from jax_i2v.models.unet import apply_unet
-from jax_i2v.pipeline import I2VPipeline, noise_alpha_from_config
+from jax_i2v.pipeline import noise_alpha_from_config
 
 DEFAULT_TIMESTEPS = (10, 50, 100, 200, 400, 600, 800, 999)
 
@@ -47,23 +46,10 @@ _SEED = define_seed_flag("picks the held-out videos and the noise", FLAGS)
 _TIMESTEPS = define_integer_list("timesteps", list(DEFAULT_TIMESTEPS), "noise levels to score", flag_values=FLAGS)
 
 
-def load_model_and_clips(checkpoint: str, num_videos: int, seed: int, data_config=None, use_ema: bool = True):
-    """(pipeline, config, clips) as `jax_i2v.eval.synthetic_benchmark.load_run_and_clips`, with
-    the data section of an already-read config (--config and its overrides) in place of the run's."""
-    pipe, config = I2VPipeline.from_checkpoint(checkpoint, use_ema=use_ema)
-    if data_config is not None:
-        config.data = data_config.data
-    data = config.data
-    if data.dataset.resolution != data.resolution:
-        raise ValueError(f"the clips are at the dataset's resolution ({data.dataset.resolution}), but the model samples {data.resolution}")
-    source = load_moving_shapes(data.dir, "test", **data.dataset.to_dict())
-    return pipe, config, benchmark_clips(source, data.frames, num_videos, seed)
-
-
 def profile(checkpoint: str, num_videos: int = 8, seed: int = 0, timesteps=DEFAULT_TIMESTEPS, data_config=None, use_ema=True) -> dict:
     """The denoising errors of the run at `checkpoint` on `num_videos` held-out clips."""
-    pipe, config, clips = load_model_and_clips(checkpoint, num_videos, seed, data_config, use_ema)
-    latents = pipe.encode_frames(np.stack([clip.video for clip in clips]), jax.random.key(seed))
+    pipe, config, clips = load_run_and_clips(checkpoint, num_videos, seed, data_config, use_ema)
+    latents = pipe.encode_frames(np.stack([clip.video for clip in clips]), jax.random.split(jax.random.key(seed), len(clips)))
     conditioned = pipe.unet.config.conditions_on_first_frame
     first, clean = (latents[:, :1], latents[:, 1:]) if conditioned else (None, latents)
     schedule = make_schedule(**config.schedule.to_dict())

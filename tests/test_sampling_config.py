@@ -56,7 +56,7 @@ def test_the_launchers_the_pipeline_and_a_config_without_sampling_agree_on_the_d
     assert student.sampling == SamplingConfig.defaults("lcm") == dataclasses.replace(defaults, sampler="lcm", steps=4, text_guidance=1.0)
 
 
-def test_flags_override_the_config_section_which_overrides_the_defaults():
+def test_flags_override_the_config_section_which_overrides_the_defaults(tmp_path):
     config = load_config(TINY)
     section = config.sampling
     from_config = SamplingConfig.from_config(config)
@@ -72,7 +72,7 @@ def test_flags_override_the_config_section_which_overrides_the_defaults():
     resolved = evaluate.trained_sampling(config, **_evaluate_flags("--sampling.steps=3", "--sampling.frameinit=none"))
     assert (resolved.steps, resolved.frameinit, resolved.eta, resolved.frame_stride) == (3, "none", section.eta, 1.0)
     # Training previews: the section at the run's preview step count.
-    previews = PreviewWriter(config, [], [], "unused", num_steps=5, seed=0, mesh=None)
+    previews = PreviewWriter(config, [], [], str(tmp_path), num_steps=5, seed=0, mesh=None)
     assert previews.sampling == dataclasses.replace(from_config, steps=5)
     # The section, written into a config and read back, is the same settings.
     assert SamplingConfig.from_config({"sampling": from_config.to_config_dict()}) == from_config

@@ -31,6 +31,7 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU topology, e.g. v5p:2x2x1 
 _MESH = flags.DEFINE_string("mesh", "", "mesh axis sizes, e.g. data=2,fsdp=-1 (default: the config's mesh.ici)")
 _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", 1, "clips per device (the global batch is this x data x fsdp)")
 _FRAMES = flags.DEFINE_integer("frames", None, "frames including the first (default: config data.frames)")
+_HLO_OUT = flags.DEFINE_string("hlo_out", None, "also write the compiled (optimised, partitioned) HLO text here")
 flags.mark_flags_as_required(["config", "topology"])
 
 # The utilisation assumed to turn model FLOPs into a step time.
@@ -52,7 +53,7 @@ def pallas_call_count(hlo_text: str) -> int:
     return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
 
 
-def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int = 1, frames=None) -> dict:
+def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int = 1, frames=None, hlo_out=None) -> dict:
     import jax
     from jax.experimental import topologies
 
@@ -80,6 +81,10 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
     start = time.perf_counter()
     compiled = experiment.train_step.lower(experiment.sharded_abstract_state(), *inputs).compile()
     compile_s = time.perf_counter() - start
+    hlo_text = compiled.as_text()
+    if hlo_out:
+        with open(hlo_out, "w") as f:
+            f.write(hlo_text)
     memory = compiled.memory_analysis()
     live = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes - memory.alias_size_in_bytes
     size = config.data.latent_size
@@ -104,7 +109,7 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
         "frames": frames,
         "remat": experiment.loop.remat_policy,
         "attention": experiment.model.attention_implementation.as_dict(),
-        "pallas_calls": pallas_call_count(compiled.as_text()),
+        "pallas_calls": pallas_call_count(hlo_text),
         "params": int(sum(x.size for x in jax.tree_util.tree_leaves(experiment.abstract_state.params))),
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),
@@ -124,7 +129,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     with exit_on_user_error():
-        result = run(_CONFIG.value, _TOPOLOGY.value, _MESH.value, _PER_DEVICE_BATCH.value, _FRAMES.value)
+        result = run(_CONFIG.value, _TOPOLOGY.value, _MESH.value, _PER_DEVICE_BATCH.value, _FRAMES.value, _HLO_OUT.value)
     print(json.dumps(result))
     sys.stdout.flush()
 

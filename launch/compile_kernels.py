@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import collections
 import re
-import sys
 
 from absl import app, flags
+
+from jax_i2v.cli import exit_on_user_error
 
 _LOG = flags.DEFINE_string("log", None, "libtpu stderr of a compile with TPU_VMODULE=deepsea_compiler_backend=3")
 _HLO = flags.DEFINE_string("hlo", None, "compiled HLO text of the same program (aot_compile.py --hlo_out)")
@@ -74,12 +75,13 @@ def shares(kernels: dict[str, int], names: dict[str, str], classify) -> list[tup
 
 def main(argv):
     del argv
-    with open(_LOG.value, errors="replace") as f:
-        kernels = kernel_instructions(f)
-    with open(_HLO.value) as f:
-        names = op_names(f)
-    if not kernels:
-        sys.exit(f"error: no 'LLO optimizing' lines in {_LOG.value}: compile with TPU_VMODULE=deepsea_compiler_backend=3")
+    with exit_on_user_error():
+        with open(_LOG.value, errors="replace") as f:
+            kernels = kernel_instructions(f)
+        with open(_HLO.value) as f:
+            names = op_names(f)
+        if not kernels:
+            raise ValueError(f"no 'LLO optimizing' lines in {_LOG.value}: compile with TPU_VMODULE=deepsea_compiler_backend=3")
     unmatched = sum(kernel not in names for kernel in kernels)
     print(f"{len(kernels)} kernels, {sum(kernels.values()):,} LLO instructions; {unmatched} not found in the HLO")
     for classify in (step_part, op_kind):

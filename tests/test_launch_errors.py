@@ -24,6 +24,7 @@ CASES = {
     "convert_backbone": [f"--transformers={MISSING}", "--out=WORK/b"],
     "denoising_profile": [f"--checkpoint={MISSING}"],
     "aot_compile": ["--config=/missing/config.py", "--topology=v5e:2x2"],
+    "compile_kernels": [f"--log={MISSING}", f"--hlo={MISSING}"],
     "benchmark": [f"--unet_config={MISSING}"],
     "benchmark_data": [f"--config={MICRO}", "--config.data.source=videos", f"--config.data.dir={MISSING}"],
     "sweep": ["--workdir=WORK/s", "--configs=/missing/config.py"],

@@ -3,6 +3,10 @@ loss, optimizer and the jitted step.
 
 `launch/train.py` and `launch/aot_compile.py` both call `build_experiment`, so the step compiled
 ahead of time for a TPU topology is the step that trains. Nothing here reads data or weights.
+
+A config that reads clips (every data source but a latent cache) trains on raw batches: the step
+encodes them with the frozen encoders (`jax_i2v.train.encoders`), whose params are its fifth
+argument, sharded by the same rules as the UNet's.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from jax_i2v.config_utils import text_conditioning, unet_from_config
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, dummy_inputs, map_mixers
-from jax_i2v.parallel.partitioning import batch_sharding, rules_from_config
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, reads_pixels
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.runtime import config_section
 from jax_i2v.train.state import TrainState, abstract_train_state, state_shardings
@@ -129,27 +134,40 @@ class Experiment:
     abstract_state: TrainState
     shardings: TrainState
     train_step: Callable
+    # Raw batches: the encoders the step runs, their params' shapes and shardings ({} for
+    # parameter-free ones). None / {} when batches hold cached latents.
+    encoders: Optional[FrozenEncoders] = None
+    abstract_frozen: Any = dataclasses.field(default_factory=dict)
+    frozen_shardings: Any = dataclasses.field(default_factory=dict)
 
     @property
     def caption_key(self) -> str:
-        return "text" if self.text_module is None else "tokens"
+        """Token ids for a trained or in-step caption encoder, embeddings otherwise."""
+        in_step = self.encoders is not None and self.encoders.caption_module is not None
+        return "tokens" if self.text_module is not None or in_step else "text"
 
     def abstract_inputs(self, batch_size: Optional[int] = None, frames: Optional[int] = None):
-        """(batch, null caption, rng) as sharded ShapeDtypeStructs, for `train_step.lower`."""
+        """The step's arguments after the state as sharded ShapeDtypeStructs, for
+        `train_step.lower`: (batch, null caption, rng), and the frozen encoders' params when the
+        batch holds raw clips ("video": (B, F, R, R, 3) uint8) instead of "latents"."""
         data, cfg = self.config.data, self.model.config
         batch_size = batch_size or self.loop.batch_size
         frames = frames or data.frames
         check_batch_size(batch_size, self.mesh, self.loop.grad_accum_steps)
         size, channels = data.latent_size, data.latent_channels
-        if self.text_module is None:
+        if self.caption_key == "text":
             caption, null_caption = (
                 ((batch_size, data.text_len, cfg.cross_attention_dim), jnp.float32),
                 ((data.text_len, cfg.cross_attention_dim), jnp.float32),
             )
         else:
             caption, null_caption = ((batch_size, data.text_len), jnp.int32), ((data.text_len,), jnp.int32)
+        if self.encoders is None:
+            clips = ("latents", ((batch_size, frames, size, size, channels), jnp.float32))
+        else:
+            clips = ("video", ((batch_size, frames, data.resolution, data.resolution, 3), jnp.uint8))
         shapes = {
-            "latents": ((batch_size, frames, size, size, channels), jnp.float32),
+            clips[0]: clips[1],
             self.caption_key: caption,
             "frame_stride": ((batch_size,), jnp.float32),
         }
@@ -160,17 +178,26 @@ class Experiment:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         null = jax.ShapeDtypeStruct(*null_caption, sharding=replicated)
         rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-        return batch, null, rng
+        if self.encoders is None:
+            return batch, null, rng
+        frozen = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_frozen, self.frozen_shardings
+        )
+        return batch, null, rng, frozen
 
     def sharded_abstract_state(self) -> TrainState:
         return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.shardings)
 
 
-def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module: Any = "from_config") -> Experiment:
+def build_experiment(
+    config: ml_collections.ConfigDict, mesh: Mesh, text_module: Any = "from_config", encoders: Any = "from_config"
+) -> Experiment:
     """The model (attention kernels resolved for the mesh's platform), state shapes and shardings,
     loss, optimizer and step of `config` on `mesh`.
 
     text_module: the trained caption encoder module or None; by default found from the config.
+    encoders: the `FrozenEncoders` of raw batches or None (cached latents); by default from the
+    config (from the VAE's and CLIP's config.json, no weights).
     """
     loop = config_section(config, "train", LoopConfig)
     rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
@@ -188,7 +215,13 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module:
     shardings = state_shardings(abstract, optimizer, mesh, rules)
     objective = config_section(config, "objective", ObjectiveConfig)
     loss_fn = unet_loss_fn(model, make_schedule(**config.schedule.to_dict()), objective, text_module)
-    train_step = make_train_step(loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config)
+    if encoders == "from_config":
+        encoders = encoders_from_config(config) if reads_pixels(config) else None
+    abstract_frozen = {} if encoders is None else encoders.abstract_params()
+    frozen_shardings = params_shardings(abstract_frozen, mesh, rules)
+    train_step = make_train_step(
+        loss_fn, optimizer, learning_rate_schedule(optim), shardings, mesh, rules, step_config, encoders, frozen_shardings
+    )
     return Experiment(
         config=config,
         mesh=mesh,
@@ -203,4 +236,7 @@ def build_experiment(config: ml_collections.ConfigDict, mesh: Mesh, text_module:
         abstract_state=abstract,
         shardings=shardings,
         train_step=train_step,
+        encoders=encoders,
+        abstract_frozen=abstract_frozen,
+        frozen_shardings=frozen_shardings,
     )

@@ -3,8 +3,11 @@
 - "moving_shapes": the synthetic dataset (built under `data.dir` if missing and
   `data.build_if_missing`), clips captioned from their own trajectories;
 - "videos": a dataset built by `launch/build_dataset.py` (`data.dir`: its folder, NAME/1.0.0),
-  clips sampled and decoded per step, encoded by the codec on the device;
+  clips sampled and decoded per step;
 - "latents": a cache written by `launch/cache_latents.py` (`data.dir`), already encoded.
+
+Clips of the first two go to the devices as uint8 pixels (with token ids for a frozen caption
+encoder) and the train step encodes them (`jax_i2v.train.encoders`).
 
 Clip settings come from `data`: frames, resolution, stride_range, random_flip, and optionally crop
 ("center" | "random_resized"), crop_scale and shorten (`jax_i2v.data.video_pipeline.ClipConfig`);
@@ -26,8 +29,9 @@ from jax_i2v.data.video_pipeline import batched_stream, clip_config, read_option
 from jax_i2v.data.video_sources import source_name, video_sources
 from jax_i2v.models.text_encoder import TextConditioning
 from jax_i2v.models.vae import LatentCodec
-from jax_i2v.parallel.partitioning import batch_sharding
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
 from jax_i2v.text import caption_text
+from jax_i2v.train.encoders import pixels_to_uint8
 
 
 @dataclasses.dataclass
@@ -86,13 +90,10 @@ def training_inputs(
     return TrainingInputs(iter(clips), False, lambda n: _first_examples(held_out, n, first_frame))
 
 
-def global_batch(local: dict, mesh, caption_key: str, codec: LatentCodec, encoded: bool) -> dict[str, jax.Array]:
-    """This host's rows -> the step's global arrays (clips encoded by the codec unless cached)."""
-    if encoded:
-        latents = local["latents"]
-    else:  # codecs take (N, H, W, 3) frames
-        video = local["video"]
-        latents = codec.encode(video.reshape(-1, *video.shape[2:]))
-        latents = latents.reshape(*video.shape[:2], *latents.shape[1:])
-    arrays = {"latents": latents, caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
-    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v) for k, v in arrays.items()}
+def global_batch(local: dict, mesh, caption_key: str, encoded: bool, rules=DEFAULT_RULES) -> dict[str, jax.Array]:
+    """This host's rows -> the step's global arrays: {"latents" (B, F, h, w, C) float32 if
+    `encoded`, else "video" (B, F, H, W, 3) uint8; `caption_key`; "frame_stride" (B,)}. Nothing is
+    computed on the device here: the step encodes raw clips."""
+    clips = {"latents": local["latents"]} if encoded else {"video": pixels_to_uint8(local["video"])}
+    arrays = {**clips, caption_key: local[caption_key], "frame_stride": local["frame_stride"]}
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), v) for k, v in arrays.items()}

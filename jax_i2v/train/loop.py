@@ -24,6 +24,7 @@ from jax_i2v.convert import inflate_unet
 from jax_i2v.data.video_pipeline import UNREADABLE_KEY
 from jax_i2v.models.unet import VideoUNet
 from jax_i2v.parallel.mesh import create_mesh
+from jax_i2v.train.encoders import frozen_params, place, step_captions
 from jax_i2v.train.experiment import LoopConfig, build_experiment
 from jax_i2v.train.inputs import global_batch, training_inputs
 from jax_i2v.train.previews import PreviewWriter
@@ -57,7 +58,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     codec = latent_codec(config)
     init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
     use_ema = experiment.step_config.ema_decay > 0
+    frozen = ()
+    if experiment.encoders is not None:  # raw clips: the step encodes them with these params
+        frozen = (place(frozen_params(codec, text, experiment.encoders), experiment.frozen_shardings, experiment.abstract_frozen),)
+        text = step_captions(text, experiment.encoders)
     inputs = training_inputs(config, loop.batch_size, loop.seed, text, codec)
+    del codec  # the frozen weights live on split over the mesh, not whole on a device
     data_iter = inputs.iterator
     previews = None
     if loop.sample_every:
@@ -86,7 +92,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         nonlocal unreadable_videos
         local = next(data_iter)
         unreadable_videos += int(np.sum(local.get(UNREADABLE_KEY, 0)))
-        return global_batch(local, mesh, text.caption_key, codec, inputs.encoded)
+        return global_batch(local, mesh, text.caption_key, inputs.encoded, rules)
 
     result = run_steps(
         workdir,
@@ -96,7 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         init_state,
         experiment.train_step,
         next_batch,
-        extra_args=(text.null_caption, step_rng),
+        extra_args=(text.null_caption, step_rng, *frozen),
         data_iterator=data_iter,
         config_dict=config.to_dict(),
         tensorboard=config.get("tensorboard", True),

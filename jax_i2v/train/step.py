@@ -1,12 +1,13 @@
-"""The pretraining step: diffusion loss -> gradients (optionally accumulated over micro-batches)
--> AdamW -> alpha-mixer clamp -> EMA, as one `jax.jit` with explicit shardings and the state donated.
+"""The pretraining step: (frozen encoders on raw clips) -> diffusion loss -> gradients (optionally
+accumulated over micro-batches) -> AdamW -> alpha-mixer clamp -> EMA, as one `jax.jit` with
+explicit shardings and the state donated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ from jax_i2v.diffusion.schedules import NoiseSchedule
 from jax_i2v.models.unet import VideoUNet, apply_unet, clamp_mixers
 from jax_i2v.parallel.mesh import batch_parallel_size
 from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
+from jax_i2v.train.encoders import FrozenEncoders, encode_key
 from jax_i2v.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -93,9 +95,27 @@ def micro_batches(batch: Batch, steps: int, mesh: Mesh, rules=DEFAULT_RULES) -> 
     return jax.tree_util.tree_map(split, batch)
 
 
-def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int, mesh: Mesh, rules):
-    """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch)."""
-    grad_fn = jax.value_and_grad(loss_fn)
+def encoded_batch(encoders: FrozenEncoders, frozen_params, batch: Batch, null_text: jax.Array, rng: jax.Array, mesh: Mesh, rules):
+    """A raw batch -> the loss's batch: "video" (B, F, H, W, 3) pixels -> "latents" (B, F, h, w, C),
+    a posterior sample drawn from `encode_key(rng)`; with a frozen caption encoder, "tokens" (B, L)
+    and the null caption's (L,) ids -> "text" (B, L, D) and its (L, D) embedding. Other keys pass."""
+    batch = dict(batch)
+    latents = encoders.encode_video(frozen_params, batch.pop("video"), encode_key(rng))
+    batch["latents"] = jax.lax.with_sharding_constraint(latents, batch_sharding(mesh, latents.ndim, rules))
+    if encoders.caption_module is not None:
+        batch["text"] = encoders.caption_embeddings(frozen_params, batch.pop("tokens"))
+        null_text = encoders.caption_embeddings(frozen_params, null_text[None])[0]
+    return batch, null_text
+
+
+def _accumulated_value_and_grad(loss_fn, params, batch, null_text, rng, steps: int, mesh: Mesh, rules, prepare):
+    """Mean loss and gradient over `steps` equal micro-batches (a `scan`, so memory is one micro-batch,
+    encoders included). `prepare(batch, null_text, rng)` turns each (micro-)batch into the loss's."""
+
+    def grad_fn(params, batch, null_text, rng):
+        batch, null_text = prepare(batch, null_text, rng)
+        return jax.value_and_grad(loss_fn)(params, batch, null_text, rng)
+
     if steps == 1:
         return grad_fn(params, batch, null_text, rng)
 
@@ -119,19 +139,33 @@ def make_train_step(
     mesh: Mesh,
     rules=DEFAULT_RULES,
     config: StepConfig = StepConfig(),
+    encoders: Optional[FrozenEncoders] = None,
+    frozen_sharding: Any = None,
 ):
-    """train_step(state, batch, null_text, rng) -> (state, metrics), compiled once per batch shape.
+    """train_step(state, batch, null_text, rng[, frozen_params]) -> (state, metrics), compiled
+    once per batch signature.
 
     The step's randomness is `fold_in(rng, state.step)`: the same draws whatever the mesh, and a
     resumed run continues the same stream. Batch arrays are split on their leading dimension over
     data x fsdp; metrics (loss, grad_norm, lr, nonfinite) are replicated scalars. `state` is donated.
     A non-finite loss or gradient norm skips the update (`skip_nonfinite`).
+
+    Batches hold "latents" (a latent cache), or with `encoders` raw clips ("video" pixels, and
+    token ids for a frozen caption encoder) that the step encodes (`encoded_batch`), per
+    micro-batch; `frozen_params` are then the encoders' params, placed as `frozen_sharding`.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
+    def step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array, frozen_params):
         rng = jax.random.fold_in(rng, state.step)
-        loss, grads = _accumulated_value_and_grad(loss_fn, state.params, batch, null_text, rng, config.grad_accum_steps, mesh, rules)
+
+        def prepare(batch, null_text, rng):
+            if encoders is None:
+                return batch, null_text
+            return encoded_batch(encoders, frozen_params, batch, null_text, rng, mesh, rules)
+
+        steps = config.grad_accum_steps
+        loss, grads = _accumulated_value_and_grad(loss_fn, state.params, batch, null_text, rng, steps, mesh, rules, prepare)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = clamp_mixers(optax.apply_updates(state.params, updates))
         ema = state.ema_params
@@ -146,29 +180,37 @@ def make_train_step(
     def batch_shardings(batch: Batch):
         return {key: batch_sharding(mesh, jnp.ndim(value), rules) for key, value in batch.items()}
 
+    def cached_latents_step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
+        return step(state, batch, null_text, rng, {})
+
+    # With encoders, the frozen params are a fifth argument; without, the step takes four.
+    step_fn, frozen_in = (cached_latents_step, ()) if encoders is None else (step, (frozen_sharding or {},))
     compiled = {}
 
     def jitted(batch: Batch):
         signature = tuple(sorted((k, jnp.ndim(v)) for k, v in batch.items()))
         if signature not in compiled:
             check_batch_size(next(iter(batch.values())).shape[0], mesh, config.grad_accum_steps)
+            if ("video" in batch) != (encoders is not None):
+                raise ValueError(f"this step takes {'raw clips (video)' if encoders else 'latents'}; the batch holds {sorted(batch)}")
             compiled[signature] = jax.jit(
-                step,
-                in_shardings=(state_sharding, batch_shardings(batch), replicated, replicated),
+                step_fn,
+                in_shardings=(state_sharding, batch_shardings(batch), replicated, replicated) + frozen_in,
                 out_shardings=(state_sharding, replicated),
                 donate_argnums=(0,),
             )
         return compiled[signature]
 
-    def train_step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array):
+    def train_step(state: TrainState, batch: Batch, *args):
+        """args: null_text, rng (and frozen_params with encoders)."""
         # Activation constraints inside the model resolve against this mesh and these rules at trace time.
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(batch)(state, batch, null_text, rng)
+            return jitted(batch)(state, batch, *args)
 
-    def lower(state, batch, null_text, rng):
+    def lower(state, batch, *args):
         """Ahead-of-time lowering (arguments may be ShapeDtypeStructs), e.g. for a TPU topology."""
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(batch).lower(state, batch, null_text, rng)
+            return jitted(batch).lower(state, batch, *args)
 
     train_step.lower = lower
     return train_step

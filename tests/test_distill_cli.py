@@ -66,5 +66,59 @@ def test_a_resumed_distillation_equals_an_uninterrupted_one_and_exports_an_lcm_s
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(student["unet"]), _leaves(teacher["unet"])))  # it trained
     pipe, config = I2VPipeline.from_checkpoint(str(tmp_path / "full" / "student"))
     assert isinstance(pipe.scheduler, LCMConfig) and config.sampling.steps == 4
-    video = pipe(np.zeros((16, 16, 3), np.uint8), "a red circle moves left", num_frames=4, num_steps=2, seed=0)
+    video = pipe(np.zeros((16, 16, 3), np.uint8), "a red circle moves left", num_frames=4, steps=2, seed=0)
     assert video.shape == (1, 4, 16, 16, 3) and np.isfinite(video).all()
+
+
+_STEPS_WITHOUT_TRANSFERS = r"""
+import json, sys
+import jax
+import numpy as np
+from jax._src.array import ArrayImpl
+from jax_i2v.config_utils import load_config
+from jax_i2v.distill.loop import distill_program
+
+config = load_config(sys.argv[1])
+config.teacher, config.images.dir = sys.argv[2], sys.argv[3]
+program = distill_program(config)
+state = program.init_state()
+state, metrics = program.step(state, program.next_batch(), *program.extra_args)  # compiles
+# Any jax.Array read on the host (np.asarray, float, device_get) goes through ArrayImpl._value:
+# count those, as the CPU backend does not enforce the device-to-host transfer guard.
+reads, value = [], ArrayImpl._value
+ArrayImpl._value = property(lambda self: reads.append(self.shape) or value.fget(self))
+with jax.transfer_guard("disallow"):  # no implicit host-to-device (or device-to-device) transfer
+    for _ in range(2):
+        state, metrics = program.step(state, program.next_batch(), *program.extra_args)
+    per_step_reads = list(reads)
+    logged = jax.device_get(metrics)  # what a log step fetches: explicit, and counted
+    try:
+        program.step(state, {**program.next_batch(), "frame_stride": np.ones(4, np.float32)}, *program.extra_args)
+        guarded = False
+    except Exception as error:  # the guard's teeth: a host array into the step
+        guarded = "Disallowed host-to-device transfer" in str(error)
+ArrayImpl._value = value
+print(json.dumps({"per_step_reads": per_step_reads, "metrics_reads": len(reads) - len(per_step_reads),
+                  "guarded": guarded, "step": int(state.step), "cd_loss": float(logged["cd_loss"])}))
+"""
+
+
+@pytest.mark.slow
+def test_distillation_steps_move_no_arrays_between_host_and_devices(micro_run, tmp_path):
+    """The loop's batches (this host's rows of raw uint8 clips and token ids) and step: two steps
+    with no implicit transfer and no jax.Array read on the host; only the logged metrics are."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    command = [
+        sys.executable,
+        "-c",
+        _STEPS_WITHOUT_TRANSFERS,
+        str(ROOT / "configs" / "mcm_micro.py"),
+        str(micro_run),
+        str(tmp_path / "images"),
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    print(report)
+    assert report["per_step_reads"] == [] and report["metrics_reads"] > 0 and report["guarded"]
+    assert report["step"] == 3 and np.isfinite(report["cd_loss"])

@@ -16,6 +16,7 @@ from hf_checkpoints import TINY_VAE, write_clip_vocabulary
 from jax_i2v import media
 from jax_i2v.config_utils import latent_codec, load_config, text_conditioning
 from jax_i2v.convert import save_text_encoder, save_vae
+from jax_i2v.distill.step import mcm_inputs
 from jax_i2v.models.autoencoder_kl import AutoencoderKLConfig, KLCodec, random_vae_params
 from jax_i2v.models.clip import CLIPTextConfig, CLIPTextEncoder, CLIPTokenizer, random_clip_params
 from jax_i2v.parallel.mesh import create_mesh
@@ -163,3 +164,37 @@ def test_the_frozen_params_are_arguments_of_the_compiled_step_not_constants(setu
     closed_largest = _largest_constant(closed.as_text())
     print("largest constant: in the step", largest, "closed over", closed_largest, "largest params", largest_vae, largest_text)
     assert largest < min(largest_vae, largest_text) <= closed_largest
+
+
+def test_the_mcm_inputs_encoded_in_the_step_equal_the_host_encodes(setup):
+    """What the distillation loop computed on the host each step, now in its jitted step: the
+    posterior sample of the clips, CLIP embeddings, and real images through the codec (the mean)."""
+    mesh, raw, cached, codec, text, frozen, raw_batch = setup
+    rng = np.random.default_rng(1)
+    real_captions = ["a red circle", "the blue square", "a blue circle moves", "red"]
+    captions = step_captions(text, raw.encoders).caption_transform
+    batch = {
+        **raw_batch,
+        "real_images": rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8),
+        "real_tokens": captions(real_captions),
+    }
+    key = encode_key(jax.random.fold_in(jax.random.key(5), 0))
+    null = captions([""])[0]
+    inside = jax.jit(lambda frozen, batch, null, key: mcm_inputs(raw.encoders, frozen, batch, null, key, True))(frozen, batch, null, key)
+    pixels = media.to_model_range(batch["video"]).reshape(-1, 16, 16, 3)
+    embeddings = text.caption_transform(CAPTIONS)
+    real = media.to_model_range(batch["real_images"])
+    host = {
+        "latents": np.asarray(codec.encode(pixels, key)).reshape(2, 4, 8, 8, 4),
+        "text": embeddings,
+        "null_text": np.broadcast_to(text.null_caption, embeddings.shape),
+        "frame_stride": batch["frame_stride"],
+        "condition": embeddings.mean(axis=1),
+        "real_images": np.asarray(codec.decode(codec.encode(real))),
+        "real_condition": text.caption_transform(real_captions).mean(axis=1),
+    }
+    assert set(inside) == set(host)
+    for name in host:
+        error = np.abs(np.asarray(inside[name]) - host[name]).max()
+        print(f"{name}: max |in step - host| = {error:.2e}")
+        np.testing.assert_allclose(inside[name], host[name], atol=2e-5, rtol=0, err_msg=name)

@@ -1,4 +1,7 @@
-"""The MCM train step on the micro UNet: what it trains, and one step on 8 devices equals one on 1."""
+"""The MCM train step on the micro UNet: what it trains, and one step on 8 devices equals one on 1.
+
+Batches are raw (uint8 pixels and host-side caption embeddings, as a "hashed" teacher's), encoded
+in the step by the micro config's parameter-free codec."""
 
 import dataclasses
 import pathlib
@@ -17,6 +20,7 @@ from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_mode
 from jax_i2v.models.unet import build_unet, random_params
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import params_shardings
+from jax_i2v.train.encoders import FrozenEncoders
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 B = 8  # divisible by the 8-device mesh
@@ -32,41 +36,40 @@ def setup():
     backbone_params = backbone.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3)))["params"]
     config = MCMConfig(lora_rank=4, lora_alpha=4.0, mixed_trajectory=0.5, guidance_min=1.0, guidance_max=3.0)
     schedule = make_schedule(**micro.schedule.to_dict())
-    models = make_models(unet, schedule, micro.objective.prediction_type, codec.decode, backbone, config)
+    models = make_models(unet, schedule, micro.objective.prediction_type, FrozenEncoders(codec), backbone, config)
     # SGD: Adam's first steps are ~lr * sign(g), which float-level differences between meshes flip
     # for gradients near zero; SGD keeps the comparison about the step's maths.
     models = dataclasses.replace(models, gen_optimizer=optax.sgd(0.05), disc_optimizer=optax.sgd(0.05))
     rng = np.random.default_rng(0)
     batch = {
-        "latents": rng.standard_normal((B, 4, 8, 8, 12)).astype(np.float32),
+        "video": rng.integers(0, 256, (B, 4, 16, 16, 3), dtype=np.uint8),
         "text": rng.standard_normal((B, 6, 32)).astype(np.float32),
-        "null_text": np.zeros((B, 6, 32), np.float32),
         "frame_stride": np.ones((B,), np.float32),
-        "condition": rng.standard_normal((B, 32)).astype(np.float32),
-        "real_images": rng.uniform(-1, 1, (B * config.disc_frames, 16, 16, 3)).astype(np.float32),
-        "real_condition": rng.standard_normal((B * config.disc_frames, 32)).astype(np.float32),
+        "real_images": rng.integers(0, 256, (B * config.disc_frames, 16, 16, 3), dtype=np.uint8),
+        "real_text": rng.standard_normal((B * config.disc_frames, 6, 32)).astype(np.float32),
     }
     return models, config, teacher, backbone_params, batch
 
 
 def _run(setup, mesh, steps=2):
     models, config, teacher, backbone_params, batch = setup
-    state = init_state(jax.random.key(0), teacher, models, config, batch["latents"].shape[1:], batch["condition"].shape[-1])
+    state = init_state(jax.random.key(0), teacher, models, config, (4, 8, 8, 12), batch["text"].shape[-1])
     sharding = mcm_state_shardings(state, models, mesh)
     teacher_sharding, backbone_sharding = params_shardings(teacher, mesh), params_shardings(backbone_params, mesh)
-    step = make_mcm_step(models, config, mesh, sharding, teacher_sharding, backbone_sharding)
+    step = make_mcm_step(models, config, mesh, sharding, teacher_sharding, backbone_sharding, {})
     initial = jax.device_get(state)
     state = jax.device_put(state, sharding)
     teacher, backbone_params = jax.device_put(teacher, teacher_sharding), jax.device_put(backbone_params, backbone_sharding)
+    null_text = np.zeros((6, 32), np.float32)
     history = []
     for _ in range(steps):
-        state, metrics = step(state, batch, teacher, backbone_params, jax.random.key(7))
+        state, metrics = step(state, batch, teacher, backbone_params, {}, null_text, jax.random.key(7))
         history.append(jax.device_get(metrics))
     trained = jax.device_get(state)
     # Then one step on a poisoned batch, which the step must skip.
-    poisoned = {**batch, "latents": np.array(batch["latents"])}
-    poisoned["latents"][0, 1, 0, 0, 0] = np.nan
-    after_nan, nan_metrics = step(state, poisoned, teacher, backbone_params, jax.random.key(7))
+    poisoned = {**batch, "text": np.array(batch["text"])}
+    poisoned["text"][0, 1, 0] = np.nan
+    after_nan, nan_metrics = step(state, poisoned, teacher, backbone_params, {}, null_text, jax.random.key(7))
     return initial, trained, history, (jax.device_get(after_nan), jax.device_get(nan_metrics))
 
 

@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,11 +33,14 @@ from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
 from jax_i2v.distill.data import FramesAsImages, distill_dataset
 from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings, student_params
-from jax_i2v.parallel.hosts import host_copy
+from jax_i2v.models.autoencoder_kl import KLCodec
+from jax_i2v.models.clip import CLIPTextEncoder
+from jax_i2v.parallel.hosts import replicated
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
 from jax_i2v.params_io import export_params, load_for_inference
 from jax_i2v.pipeline import noise_alpha_from_config
+from jax_i2v.train.encoders import FrozenEncoders, place, step_captions
 from jax_i2v.train.runner import RunSettings, run_steps
 from jax_i2v.train.runtime import config_section
 from jax_i2v.train.step import check_batch_size
@@ -134,11 +137,27 @@ def mcm_config(config: ml_collections.ConfigDict, teacher_config: ml_collections
     return mcm
 
 
-def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
-    started = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
-    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
+@dataclasses.dataclass
+class DistillProgram:
+    """What `run_steps` runs for a distillation, built from the config with the data open:
+    `step(state, next_batch(), *extra_args)` takes device arrays only (extra_args: teacher,
+    backbone params, frozen encoders' params, null caption, step key), so a step moves nothing
+    between host and devices but this host's rows of the raw batch."""
+
+    loop: DistillLoopConfig
+    mesh: Any
+    abstract_state: Any
+    shardings: Any
+    init_state: Callable[[], Any]
+    step: Callable
+    next_batch: Callable[[], dict[str, jax.Array]]
+    extra_args: tuple
+    data_iterator: Any
+    export_student: Callable[[Any, str], None]  # (final state, folder)
+
+
+def distill_program(config: ml_collections.ConfigDict) -> DistillProgram:
+    """The teacher, the frozen encoders and backbone placed on the mesh, the step and the batches."""
     loop = config_section(config, "distill", DistillLoopConfig)
     mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
     check_batch_size(loop.batch_size, mesh, 1)
@@ -153,13 +172,13 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
     log.info("attention kernels: %s", unet.attention_implementation.as_dict())
     text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
-    # The caption encoder runs eagerly in the input pipeline on each host: its (small) params are gathered.
-    encoder = text.encoder(host_copy(teacher_all["text"])) if text.module is not None else text.encoder()
-    teacher = teacher_all["unet"] if text.module is not None else teacher_all
-    codec = latent_codec(teacher_config)
+    trained_text = text.module is not None  # the teacher's params are {"unet", "text"}
+    teacher = teacher_all["unet"] if trained_text else teacher_all
+    encoders, frozen, captions = _frozen_encoders(latent_codec(teacher_config), text, teacher_all, mesh, rules)
+    del text  # a frozen encoder's weights live on in `frozen`, split over the mesh
     backbone, backbone_params = build_backbone(config.backbone.to_dict(), loop.seed)
     schedule = make_schedule(**teacher_config.schedule.to_dict())
-    models = make_models(unet, schedule, teacher_config.objective.prediction_type, codec.decode, backbone, mcm, loop.gen_lr, loop.disc_lr)
+    models = make_models(unet, schedule, teacher_config.objective.prediction_type, encoders, backbone, mcm, loop.gen_lr, loop.disc_lr)
 
     latent_shape = (data.frames, data.latent_size, data.latent_size, data.latent_channels)
     init = functools.partial(
@@ -171,10 +190,13 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     teacher_sharding, backbone_sharding = params_shardings(teacher, mesh, rules), params_shardings(backbone_params, mesh, rules)
     teacher = jax.device_put(teacher, teacher_sharding)
     backbone_params = jax.device_put(backbone_params, backbone_sharding)
-    step_fn = make_mcm_step(models, mcm, mesh, shardings, teacher_sharding, backbone_sharding, rules)
+    images = config.images
+    frozen_sharding = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
+    step_fn = make_mcm_step(
+        models, mcm, mesh, shardings, teacher_sharding, backbone_sharding, frozen_sharding, rules, images.get("through_codec", False)
+    )
 
     videos, _, clip_caption = video_sources(data)
-    images = config.images
     stream = distill_dataset(
         videos,
         _images(images, data),
@@ -188,56 +210,88 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         jax.process_count(),
         clip_caption,
         data.get("read_threads", 16),
+        captions.caption_transform,
+        captions.caption_key,
     )
     data_iter = iter(stream)
-    null_text = encoder.encode([""])[0]
-    # A lossy codec (the CPU configs' block DCT) drops detail the student cannot draw; real images
-    # that keep it would teach the discriminator the codec, not the videos' flaws.
-    through_codec = images.get("through_codec", False)
+    real_key = "real_" + captions.caption_key
 
-    def global_batch(local: dict) -> dict[str, jax.Array]:
-        video = local["video"]
-        latents = codec.encode(video.reshape(-1, *video.shape[2:]))
-        text_embeddings = encoder.encode(local["caption"])
-        real_captions = [c for captions in local["real_captions"] for c in captions]
-        real = local["real_images"]
-        if through_codec:
-            flat = real.reshape(-1, *real.shape[2:])
-            real = np.asarray(codec.decode(codec.encode(flat))).reshape(real.shape)
-        arrays = {
-            "latents": np.asarray(latents).reshape(*video.shape[:2], *latents.shape[1:]),
-            "text": text_embeddings,
-            "null_text": np.broadcast_to(null_text, text_embeddings.shape),
-            "frame_stride": local["frame_stride"],
-            # The discriminator is conditioned on the caption's mean embedding.
-            "condition": text_embeddings.mean(axis=1),
-            "real_images": real.reshape(-1, *real.shape[2:]),
-            "real_condition": encoder.encode(real_captions).mean(axis=1),
-        }
-        return {
-            k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v), rules), np.asarray(v)) for k, v in arrays.items()
-        }
+    def next_batch() -> dict[str, jax.Array]:
+        """This host's rows -> the step's raw global batch (uint8 pixels, caption ids or
+        embeddings); the discriminator's k real images per clip become rows of their own."""
+        local = next(data_iter)
+        arrays = {k: np.asarray(local[k]) for k in ("video", captions.caption_key, "frame_stride", "real_images", real_key)}
+        for k in ("real_images", real_key):
+            arrays[k] = arrays[k].reshape(-1, *arrays[k].shape[2:])
+        return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim, rules), v) for k, v in arrays.items()}
 
+    def export_student(state, folder: str) -> None:
+        # Merged where the state lives, split like the teacher: no process gathers the student.
+        merge = jax.jit(functools.partial(student_params, config=mcm), out_shardings=teacher_sharding)
+        with jax.set_mesh(mesh):
+            student = merge(state, teacher)
+        params = {**teacher_all, "unet": student} if trained_text else student
+        export_params(folder, params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
+
+    return DistillProgram(
+        loop=loop,
+        mesh=mesh,
+        abstract_state=abstract,
+        shardings=shardings,
+        init_state=lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
+        step=step_fn,
+        next_batch=next_batch,
+        # The null caption and the key replicated once, so no step passes a host or one-device array.
+        extra_args=(teacher, backbone_params, frozen, *replicated((captions.null_caption, step_rng), mesh)),
+        data_iterator=data_iter,
+        export_student=export_student,
+    )
+
+
+def _frozen_encoders(codec, text, teacher_all, mesh, rules):
+    """(encoders, their params placed on `mesh`, what the input pipeline does to captions).
+
+    The caption encoder in the step: the teacher's trained one (frozen here; its params are the
+    teacher's, already split over the mesh), or a frozen CLIP tower; none for host-side hashed
+    embeddings. A KL codec's params go to the step; the codec object keeps none."""
+    caption_module, text_params = None, None
+    if text.module is not None:
+        caption_module, text_params = text.module, teacher_all["text"]
+    elif isinstance(text.fixed_encoder, CLIPTextEncoder):
+        caption_module, text_params = text.fixed_encoder.module, text.fixed_encoder.params
+    params = {}
+    if isinstance(codec, KLCodec):
+        params["vae"], codec = codec.params, dataclasses.replace(codec, params=None)
+    if caption_module is not None:
+        params["text"] = text_params
+    encoders = FrozenEncoders(codec, caption_module)
+    abstract = encoders.abstract_params()
+    frozen = place(params, params_shardings(abstract, mesh, rules), abstract)
+    captions = text if text.module is not None else step_captions(text, encoders)
+    return encoders, frozen, captions
+
+
+def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
+    started = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
+    program = distill_program(config)
     result = run_steps(
         workdir,
-        RunSettings.of(loop),
-        abstract,
-        shardings,
-        lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
-        step_fn,
-        lambda: global_batch(next(data_iter)),
-        extra_args=(teacher, backbone_params, step_rng),
-        data_iterator=data_iter,
+        RunSettings.of(program.loop),
+        program.abstract_state,
+        program.shardings,
+        program.init_state,
+        program.step,
+        program.next_batch,
+        extra_args=program.extra_args,
+        data_iterator=program.data_iterator,
         config_dict=config.to_dict(),
         tensorboard=config.get("tensorboard", True),
         started=started,
         desc="distilling",
         postfix=lambda m: {"cd": f"{m['cd_loss']:.4f}", "d": f"{m['d_loss']:.3f}"},
     )
-    # Merged where the state lives, split like the teacher: no process gathers the student.
-    merge = jax.jit(functools.partial(student_params, config=mcm), out_shardings=teacher_sharding)
-    with jax.set_mesh(mesh):
-        student = merge(result.state, teacher)
-    params = {**teacher_all, "unet": student} if text.module is not None else student
-    export_params(os.path.join(workdir, STUDENT_DIR), params, student_config(teacher_config, timestep_scaling=mcm.timestep_scaling))
+    program.export_student(result.state, os.path.join(workdir, STUDENT_DIR))
     return result.last_metrics

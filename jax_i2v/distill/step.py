@@ -1,16 +1,18 @@
 """The MCM train state and step (spec mcm.md sections 1.3, 3, 4) for the image-to-video UNet.
 
-One jitted step does the generator update (consistency loss on a motion representation + the
-adversarial loss) and then the discriminator update. The teacher, the frozen discriminator
-backbone and the latent codec come in as arguments; everything trained lives in `MCMTrainState`.
-I2V conditioning (clean first-frame latent, frame stride, caption) goes to teacher, student and
-target alike; only frames 2..F are noised, denoised and compared.
+One jitted step encodes the raw batch (`mcm_inputs`: the codec's posterior sample of the clips,
+the caption encoder, the real images' codec round trip), then does the generator update
+(consistency loss on a motion representation + the adversarial loss) and the discriminator
+update. The teacher, the frozen discriminator backbone and the frozen encoders' params come in as
+arguments; everything trained lives in `MCMTrainState`. I2V conditioning (clean first-frame
+latent, frame stride, caption) goes to teacher, student and target alike; only frames 2..F are
+noised, denoised and compared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import flax.struct
@@ -37,6 +39,7 @@ from jax_i2v.distill.discriminator import (
 from jax_i2v.distill.motion import MOTION_REPRESENTATIONS, SpatialHead, motion_representation
 from jax_i2v.models.unet import VideoUNet, apply_unet
 from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, params_shardings
+from jax_i2v.train.encoders import FrozenEncoders, encode_key, pixels_to_model_range
 from jax_i2v.train.step import NONFINITE_METRIC, skip_nonfinite
 
 Batch = Mapping[str, jax.Array]
@@ -108,12 +111,13 @@ class MCMTrainState:
 
 @dataclasses.dataclass(frozen=True)
 class MCMModels:
-    """The modules and frozen pieces a step needs (static: part of the compiled function)."""
+    """The modules and frozen pieces a step needs (static: part of the compiled function; the
+    encoders' params come with each call)."""
 
     unet: VideoUNet
     schedule: NoiseSchedule
     prediction_type: str
-    decode: Callable[[jax.Array], jax.Array]  # (N, h, w, C) latents -> (N, H, W, 3) in [-1, 1]
+    encoders: FrozenEncoders  # the teacher's codec and (frozen) caption encoder
     backbone: ViT
     discriminator: ProjectedDiscriminator
     head: SpatialHead
@@ -121,12 +125,12 @@ class MCMModels:
     disc_optimizer: optax.GradientTransformation
 
 
-def make_models(unet, schedule, prediction_type, decode, backbone, config: MCMConfig, gen_lr=5e-6, disc_lr=1e-4) -> MCMModels:
+def make_models(unet, schedule, prediction_type, encoders, backbone, config: MCMConfig, gen_lr=5e-6, disc_lr=1e-4) -> MCMModels:
     return MCMModels(
         unet=unet,
         schedule=schedule,
         prediction_type=prediction_type,
-        decode=decode,
+        encoders=encoders,
         backbone=backbone,
         discriminator=ProjectedDiscriminator(num_heads=len(backbone.config.hooks)),
         head=SpatialHead(num_layers=config.head_layers, kernel_size=config.head_kernel),
@@ -176,10 +180,10 @@ def _denoise(models: MCMModels, params, x, t, text, first, stride):
     return split_prediction(models.schedule, x, out, t, models.prediction_type)
 
 
-def _frames_to_images(models: MCMModels, video: jax.Array, frames: jax.Array) -> jax.Array:
+def _frames_to_images(models: MCMModels, frozen, video: jax.Array, frames: jax.Array) -> jax.Array:
     """(B, F, h, w, C) latents, frame indices (k,) -> (B * k, H, W, 3) decoded images."""
     picked = jnp.take(video, frames, axis=1)
-    return models.decode(picked.reshape((-1,) + picked.shape[2:]))
+    return models.encoders.decode_frames(frozen, picked.reshape((-1,) + picked.shape[2:]))
 
 
 def _disc_logits(models: MCMModels, disc, stats, backbone_params, images, condition):
@@ -201,7 +205,7 @@ def _augmented(models: MCMModels, rng, images, policy: str):
     return backbone_input(diff_augment(rng, images, policy), models.backbone.config.image_size)
 
 
-def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: Batch, rng, models: MCMModels, config: MCMConfig):
+def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, frozen, batch: Batch, rng, models: MCMModels, config: MCMConfig):
     """Generator losses for trainable {"student", "head"}: (total, (metrics, student prediction,
     updated spectral-norm state))."""
     latents = batch["latents"].astype(jnp.float32)
@@ -246,7 +250,7 @@ def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: B
     cd_loss = consistency_loss(ours, jax.lax.stop_gradient(theirs), config.loss_type, config.huber_c)
 
     frames = jax.random.choice(keys[5], clean.shape[1], (config.disc_frames,), replace=False)
-    fake = _augmented(models, keys[6], _frames_to_images(models, prediction, frames), config.disc_augment)
+    fake = _augmented(models, keys[6], _frames_to_images(models, frozen, prediction, frames), config.disc_augment)
     condition = discriminator_condition(batch["condition"], config, config.disc_frames)
     logits, stats = _disc_logits(models, state.disc, state.disc_stats, backbone_params, fake, condition)
     adv_loss = generator_loss(logits)
@@ -254,13 +258,14 @@ def mcm_losses(state: MCMTrainState, trained, teacher, backbone_params, batch: B
     return cd_loss + config.adversarial_weight * adv_loss, (metrics, prediction, stats["batch_stats"])
 
 
-def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, models: MCMModels, config: MCMConfig):
-    """One generator update, then one discriminator update: (state, metrics)."""
+def mcm_step(state: MCMTrainState, teacher, backbone_params, frozen, batch: Batch, rng, models: MCMModels, config: MCMConfig):
+    """One generator update, then one discriminator update on an encoded batch (`mcm_inputs`):
+    (state, metrics). `frozen`: the encoders' params (the fake frames are decoded)."""
     rng = jax.random.fold_in(rng, state.step)
     gen_key, disc_key = jax.random.split(rng)
     trained = {"student": state.student, "head": state.head}
     (gen_loss, (metrics, prediction, stats)), grads = jax.value_and_grad(mcm_losses, argnums=1, has_aux=True)(
-        state, trained, teacher, backbone_params, batch, gen_key, models, config
+        state, trained, teacher, backbone_params, frozen, batch, gen_key, models, config
     )
     student_grads, _ = optax.clip_by_global_norm(config.student_grad_clip).update(grads["student"], optax.EmptyState())
     grads = {**grads, "student": student_grads}
@@ -276,7 +281,7 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     # Discriminator: the detached prediction (new frames) against real high-quality images.
     keys = jax.random.split(disc_key, 4)
     frames = jax.random.choice(keys[0], prediction.shape[1], (config.disc_frames,), replace=False)
-    fake = _augmented(models, keys[1], _frames_to_images(models, jax.lax.stop_gradient(prediction), frames), config.disc_augment)
+    fake = _augmented(models, keys[1], _frames_to_images(models, frozen, jax.lax.stop_gradient(prediction), frames), config.disc_augment)
     real = _augmented(models, keys[2], batch["real_images"], config.disc_augment)
     condition = discriminator_condition(batch["condition"], config, config.disc_frames)
 
@@ -326,17 +331,63 @@ def mcm_step(state: MCMTrainState, teacher, backbone_params, batch: Batch, rng, 
     return new_state, metrics
 
 
+def mcm_inputs(
+    encoders: FrozenEncoders, frozen, raw: Batch, null_caption: jax.Array, rng: jax.Array, real_through_codec: bool = False
+) -> dict[str, jax.Array]:
+    """The raw batch -> what `mcm_step` reads, on the devices.
+
+    raw: "video" (B, F, H, W, 3) pixels, CAPTIONS (B, ...) (CAPTIONS: `encoders.caption_key`, token
+    ids or embeddings), "frame_stride" (B,), "real_images" (N, R, R, 3) pixels and
+    "real_" + CAPTIONS (N, ...); null_caption: the empty caption's ids or embedding.
+    Returns "latents" (B, F, h, w, C), a posterior sample drawn from `rng`; "text" and
+    "null_text" (B, L, D); "condition" (B, D), the captions' mean embedding, which conditions the
+    discriminator; "real_images" (N, R, R, 3) in [-1, 1], through the codec (encoded to the
+    posterior mean and decoded) with `real_through_codec`; "real_condition" (N, D).
+    """
+    key = encoders.caption_key
+    text = encoders.caption_embeddings(frozen, raw[key])
+    null_text = encoders.caption_embeddings(frozen, jnp.asarray(null_caption)[None])[0]
+    real = pixels_to_model_range(raw["real_images"])
+    if real_through_codec:
+        # A lossy codec (the CPU configs' block DCT) drops detail the student cannot draw; real
+        # images that keep it would teach the discriminator the codec, not the videos' flaws.
+        real = encoders.decode_frames(frozen, encoders.encode_frames(frozen, real, None))
+    return {
+        "latents": encoders.encode_video(frozen, raw["video"], rng),
+        "text": text,
+        "null_text": jnp.broadcast_to(null_text, text.shape),
+        "frame_stride": raw["frame_stride"],
+        "condition": text.mean(axis=1),
+        "real_images": jax.lax.stop_gradient(real),
+        "real_condition": encoders.caption_embeddings(frozen, raw["real_" + key]).mean(axis=1),
+    }
+
+
 def make_mcm_step(
-    models: MCMModels, config: MCMConfig, mesh: Mesh, state_sharding, teacher_sharding, backbone_sharding, rules=DEFAULT_RULES
+    models: MCMModels,
+    config: MCMConfig,
+    mesh: Mesh,
+    state_sharding,
+    teacher_sharding,
+    backbone_sharding,
+    frozen_sharding,
+    rules=DEFAULT_RULES,
+    real_through_codec: bool = False,
 ):
-    """step(state, batch, teacher, backbone_params, rng) -> (state, metrics) jitted on `mesh` (and
-    `step.lower` with the same arguments): batch arrays split over data x fsdp, the state donated,
-    every random draw from fold_in(rng, step) (the same whatever the mesh). A non-finite loss or
-    gradient norm skips the whole update (`skip_nonfinite`)."""
+    """step(state, raw_batch, teacher, backbone_params, frozen_params, null_caption, rng) ->
+    (state, metrics) jitted on `mesh` (and `step.lower` with the same arguments): the raw batch
+    (`mcm_inputs`) split over data x fsdp and encoded in the step, the encoders' params placed as
+    `frozen_sharding`, the state donated, every random draw from fold_in(rng, step) (the same
+    whatever the mesh). A non-finite loss or gradient norm skips the whole update (`skip_nonfinite`)."""
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def step(state, batch, teacher, backbone_params, rng):
-        return mcm_step(state, teacher, backbone_params, batch, rng, models=models, config=config)
+    def constrained(batch):
+        return {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.ndim, rules)) for k, v in batch.items()}
+
+    def step(state, raw, teacher, backbone_params, frozen, null_caption, rng):
+        key = encode_key(jax.random.fold_in(rng, state.step))
+        batch = constrained(mcm_inputs(models.encoders, frozen, raw, null_caption, key, real_through_codec))
+        return mcm_step(state, teacher, backbone_params, frozen, batch, rng, models=models, config=config)
 
     compiled = {}
 
@@ -346,19 +397,28 @@ def make_mcm_step(
             batch_shardings = {k: batch_sharding(mesh, jnp.ndim(v), rules) for k, v in batch.items()}
             compiled[signature] = jax.jit(
                 step,
-                in_shardings=(state_sharding, batch_shardings, teacher_sharding, backbone_sharding, replicated),
+                in_shardings=(
+                    state_sharding,
+                    batch_shardings,
+                    teacher_sharding,
+                    backbone_sharding,
+                    frozen_sharding,
+                    replicated,
+                    replicated,
+                ),
                 out_shardings=(state_sharding, replicated),
                 donate_argnums=(0,),
             )
         return compiled[signature]
 
-    def run(state, batch, teacher, backbone_params, rng):
+    def run(state, batch, *args):
+        """args: teacher, backbone_params, frozen_params, null_caption, rng."""
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(batch)(state, batch, teacher, backbone_params, rng)
+            return jitted(batch)(state, batch, *args)
 
-    def lower(state, batch, teacher, backbone_params, rng):
+    def lower(state, batch, *args):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            return jitted(batch).lower(state, batch, teacher, backbone_params, rng)
+            return jitted(batch).lower(state, batch, *args)
 
     run.lower = lower
     return run

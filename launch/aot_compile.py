@@ -2,12 +2,14 @@
 per-device memory, FLOPs and the kernels compiled, so a pod can be sized before renting it.
 
   python launch/aot_compile.py --config=configs/consisti2v_256.py --topology=v5p:2x2x1 \
-      --mesh=fsdp=4 --per_device_batch=1 --config.train.remat_policy=block
+      --mesh=fsdp=4 --per_device_batch=1 --config.train.remat_policy=block --config.data.source=latents
 
 The step comes from the trainer's builder (`jax_i2v.train.experiment.build_experiment`) with the
 topology's devices as the mesh: the same model, kernels (`model.attention`, "auto" resolving for
 TPU), state shardings, loss, optimizer, accumulation and EMA as `launch/train.py` with the same
-config. Batches carry latents and caption embeddings (token ids for a trainable caption encoder).
+config. Batches are what the trainer feeds that config: latents and caption embeddings from a latent
+cache (`--config.data.source=latents`), or raw uint8 clips and token ids that the step encodes
+(the VAE and CLIP config.json files, no weights, must then be where the config points).
 Needs libtpu (`pip install -e ".[tpu]"`); nothing runs on a TPU. Prints one JSON line.
 """
 
@@ -108,6 +110,8 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
         "global_batch": batch,
         "frames": frames,
         "remat": experiment.loop.remat_policy,
+        # "video": the step encodes raw clips (VAE, frozen caption encoder); "latents": a latent cache's.
+        "inputs": "latents" if experiment.encoders is None else "video",
         "attention": experiment.model.attention_implementation.as_dict(),
         "pallas_calls": pallas_call_count(hlo_text),
         "params": int(sum(x.size for x in jax.tree_util.tree_leaves(experiment.abstract_state.params))),

@@ -2,7 +2,7 @@
 
   TPU_STDERR_LOG_LEVEL=0 TPU_MIN_LOG_LEVEL=0 TPU_VMODULE=deepsea_compiler_backend=3 \\
       python launch/aot_compile.py --config=configs/consisti2v_256.py --topology=v5p:2x2x1 \\
-      --mesh=fsdp=4 --per_device_batch=1 --config.train.remat_policy=block 2> compile.log
+      --mesh=fsdp=4 --per_device_batch=1 --config.train.remat_policy=block --config.data.source=latents 2> compile.log
   python launch/aot_compile.py ... --hlo_out=step.hlo   # the same command, without the logging
   python launch/compile_kernels.py --log=compile.log --hlo=step.hlo
 

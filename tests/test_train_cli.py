@@ -146,11 +146,10 @@ def test_previews_tflops_crash_resume_and_sampling_from_the_run(tmp_path):
         str(ROOT / "assets" / "red_circle_blue_square.png"),
         "--prompt",
         "a red circle moves left",
-        "--steps",
-        "2",
+        "--sampling.steps=2",
         "--formats",
         "gif",
-        "--no-progress",
+        "--noprogress",
     ]
     _run(sample + ["--checkpoint", str(workdir), "--out", str(tmp_path / "from_run")])
     export = json.loads(

@@ -39,7 +39,7 @@ from jax_i2v.parallel.hosts import replicated
 from jax_i2v.parallel.mesh import create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
 from jax_i2v.params_io import export_params, load_for_inference
-from jax_i2v.pipeline import noise_alpha_from_config
+from jax_i2v.pipeline import SamplingConfig, noise_alpha_from_config
 from jax_i2v.train.encoders import FrozenEncoders, place, step_captions
 from jax_i2v.train.runner import RunSettings, run_steps
 from jax_i2v.train.runtime import config_section
@@ -113,18 +113,12 @@ def _images(settings: ml_collections.ConfigDict, teacher_data: ml_collections.Co
     raise ValueError(f"config.images.source must be one of {IMAGE_SOURCES}, got {source!r}")
 
 
-def student_config(teacher_config: ml_collections.ConfigDict, steps: int = 4, timestep_scaling: float = 4.0) -> dict:
-    """The teacher's config, sampling with the consistency sampler (no guidance): the student's."""
+def student_config(teacher_config: ml_collections.ConfigDict, timestep_scaling: float = 4.0) -> dict:
+    """The teacher's config, sampling with the consistency sampler's defaults (keeping the
+    teacher's noise, FrameInit and frame stride settings): the student's."""
     config = ml_collections.ConfigDict(teacher_config.to_dict())
-    config.sampling = ml_collections.ConfigDict(
-        dict(
-            sampler="lcm",
-            steps=steps,
-            text_guidance=1.0,
-            frameinit=config.get("sampling", {}).get("frameinit", "gaussian"),
-            lcm_timestep_scaling=timestep_scaling,
-        )
-    )
+    sampling = SamplingConfig.from_config(teacher_config).override(sampler="lcm", lcm_timestep_scaling=timestep_scaling)
+    config.sampling = sampling.to_config_dict()
     return config.to_dict()
 
 

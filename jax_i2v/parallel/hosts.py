@@ -12,6 +12,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 _barriers = 0
 
 
+def _coordination_client():
+    from jax._src import distributed  # the runtime's client; JAX has no public barrier
+
+    return distributed.global_state.client
+
+
 def wait_for_all_processes(what: str, timeout_s: int = 3600) -> None:
     """Returns once every process got here. Through the coordination service, not a collective:
     CPU (gloo) collectives give up when a process joins 30 s after another, as after a compile
@@ -20,9 +26,19 @@ def wait_for_all_processes(what: str, timeout_s: int = 3600) -> None:
     if jax.process_count() == 1:
         return
     _barriers += 1
-    from jax._src import distributed  # the runtime's client; JAX has no public barrier
+    _coordination_client().wait_at_barrier(f"jax_i2v_{_barriers}_{what}", timeout_s * 1000)
 
-    distributed.global_state.client.wait_at_barrier(f"jax_i2v_{_barriers}_{what}", timeout_s * 1000)
+
+def all_processes_agree(ok: bool, what: str, timeout_s: int = 3600) -> bool:
+    """Whether `ok` holds on every process (each must call it), through the coordination service's
+    key-value store like `wait_for_all_processes`, so processes may arrive minutes apart."""
+    if jax.process_count() == 1:
+        return ok
+    client = _coordination_client()
+    key = f"jax_i2v_agree_{_barriers + 1}_{what}"
+    client.key_value_set(f"{key}/{jax.process_index()}", "1" if ok else "0")
+    wait_for_all_processes(what, timeout_s)
+    return all(client.blocking_key_value_get(f"{key}/{i}", timeout_s * 1000) == "1" for i in range(jax.process_count()))
 
 
 def host_copy(tree: Any) -> Any:

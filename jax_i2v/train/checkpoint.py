@@ -13,22 +13,13 @@ from typing import Optional
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
-from jax_i2v.parallel.hosts import wait_for_all_processes
+from jax_i2v.parallel.hosts import all_processes_agree, wait_for_all_processes
 from jax_i2v.train.runtime import RunError
 from jax_i2v.train.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-def _all_processes_agree(ok: bool) -> bool:
-    """Whether `ok` holds on every process."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
 
 
 def _abstract(state: TrainState, shardings: TrainState) -> TrainState:
@@ -81,7 +72,7 @@ class Checkpointer:
                 state, error = self.restore(state_like, shardings, data_iterator, step=step), None
             except Exception as exception:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
                 state, error = None, exception
-            if _all_processes_agree(error is None):
+            if all_processes_agree(error is None, f"restored_step_{step}"):
                 self._saved_step = step
                 return state
             log.warning(

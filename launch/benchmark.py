@@ -11,7 +11,8 @@ JSON line: params, compile_s (forward + backward compilation), fwd_ms, fwdbwd_ms
 (medians over timed runs after warm-up; fwdbwd is the gradient of the mean squared
 output w.r.t. params), the model FLOPs of forward + backward (`jax_i2v.models.flops`), the
 TFLOP/s they give and the MFU against the chip's dense bf16 peak (null on CPUs), and the
-attention kernel per kind.
+attention kernel per kind. `--op_profile` adds `fwdbwd_op_ms`: forward + backward's time by kind of
+op (convolution, matmul, ...) from a profiler trace (`jax_i2v.op_profile`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from jax_i2v.config_utils import DTYPES, attention_setting, unet_config
 from jax_i2v.convert import read_unet_config
 from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
 from jax_i2v.models.unet import apply_unet, build_unet, random_params
+from jax_i2v.op_profile import op_time_breakdown
 
 FLAGS = flags.FlagValues()
 _UNET_CONFIG = flags.DEFINE_string("unet_config", None, "diffusers-layout UNet config.json (file or its folder)", flag_values=FLAGS)
@@ -45,6 +47,7 @@ _ATTENTION = define_attention_flag(FLAGS, fallback="the config's model.attention
 _WARMUP = flags.DEFINE_integer("warmup", 2, "untimed runs first", lower_bound=0, flag_values=FLAGS)
 _ITERS = flags.DEFINE_integer("iters", 5, "timed runs", lower_bound=1, flag_values=FLAGS)
 _SEED = define_seed_flag("picks the random params and inputs", FLAGS)
+_OP_PROFILE = flags.DEFINE_bool("op_profile", False, "also trace forward + backward and report its time by kind of op", flag_values=FLAGS)
 flags.register_validator(
     "latent_hw", lambda hw: len(hw) == 2 and min(hw) >= 1, "--latent_hw takes two positive sizes: H,W", flag_values=FLAGS
 )
@@ -72,6 +75,7 @@ def run(
     warmup: int = 2,
     iters: int = 5,
     seed: int = 0,
+    op_profile: bool = False,
 ) -> dict:
     """Times the UNet of `config` (a UNetConfig) on random params and inputs."""
     model = build_unet(config, dtype=DTYPES[dtype], attention=attention)
@@ -103,7 +107,7 @@ def run(
     model_flops = train_step_flops(config, batch=batch, frames=frames, height=height, width=width, text_len=text_len)
     achieved = model_flops / (fwdbwd_ms / 1e3)
     peak = peak_bf16_flops(device_kind)
-    return {
+    result = {
         "params": int(n_params),
         "compile_s": round(compile_s, 3),
         "fwd_ms": round(_median_ms(fwd, inputs, warmup, iters), 3),
@@ -119,6 +123,9 @@ def run(
         "attention": model.attention_implementation.as_dict(),
         "device": device_kind,
     }
+    if op_profile:
+        result["fwdbwd_op_ms"] = op_time_breakdown(fwdbwd, lambda: fwdbwd(*inputs), repeats=iters)
+    return result
 
 
 def main(argv=None) -> dict:
@@ -142,6 +149,7 @@ def main(argv=None) -> dict:
             warmup=_WARMUP.value,
             iters=_ITERS.value,
             seed=_SEED.value,
+            op_profile=_OP_PROFILE.value,
         )
     print(json.dumps(result))
     sys.stdout.flush()

@@ -23,6 +23,7 @@ def test_benchmark_prints_one_json_line(reference_dir, reference_unet, capsys):
             "--text_len=4",
             "--warmup=1",
             "--iters=2",
+            "--op_profile",
         ]
     )
     lines = capsys.readouterr().out.strip().splitlines()
@@ -33,6 +34,8 @@ def test_benchmark_prints_one_json_line(reference_dir, reference_unet, capsys):
         assert result[key] > 0
     # A CPU has no bf16 peak to measure MFU against; "auto" picks the CPU kernel.
     assert result["mfu"] is None and result["attention"]["spatial"] == "blocked"
+    # The UNet's convolutions and projections are traced as what they are.
+    assert result["fwdbwd_op_ms"]["convolution"] > 0 and result["fwdbwd_op_ms"]["matmul"] > 0
 
 
 @pytest.mark.parametrize(

@@ -112,3 +112,45 @@ def tiny_image_unet(torch, diffusers, seed: int = 0):
     """An SD-2.x-style diffusers UNet2DConditionModel (linear projections, heads per block)."""
     torch.manual_seed(seed)
     return _perturbed(diffusers.UNet2DConditionModel(**TINY_IMAGE_UNET), torch, seed)
+
+
+# The architecture fields of stabilityai/stable-diffusion-2-1-base's vae/ and text_encoder/
+# config.json (OpenCLIP ViT-H's text tower, its penultimate of 24 layers kept: 23).
+SD21_BASE_VAE = dict(
+    _class_name="AutoencoderKL",
+    block_out_channels=[128, 256, 512, 512],
+    down_block_types=["DownEncoderBlock2D"] * 4,
+    up_block_types=["UpDecoderBlock2D"] * 4,
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    in_channels=3,
+    out_channels=3,
+    act_fn="silu",
+    sample_size=768,
+    scaling_factor=0.18215,
+)
+SD21_BASE_TEXT_ENCODER = dict(
+    architectures=["CLIPTextModel"],
+    model_type="clip_text_model",
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=77,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+
+
+def write_sd21_base_encoder_configs(folder: pathlib.Path) -> pathlib.Path:
+    """SD-2.1-base's vae/config.json and text_encoder/config.json (no weights) under `folder`: what
+    an ahead-of-time compile of a raw-clip step at the released size reads."""
+    for name, settings in (("vae", SD21_BASE_VAE), ("text_encoder", SD21_BASE_TEXT_ENCODER)):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "config.json").write_text(json.dumps(settings, indent=2))
+    return folder

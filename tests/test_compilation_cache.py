@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jax_i2v.compilation_cache import resolve_cache_dir, user_cache_dir
+from jax_i2v.compilation_cache import resolve_cache_dir, set_optimization_level, user_cache_dir
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,17 @@ def test_settings_name_the_folder_the_environment_or_the_default(monkeypatch, tm
     assert resolve_cache_dir(str(tmp_path / "mine"), str(tmp_path / "default")) == str(tmp_path / "mine")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert user_cache_dir() == str(tmp_path / "xdg" / "jax_i2v" / "compilation")
+
+
+def test_the_optimization_level_setting_reaches_jax_and_bad_levels_are_one_line_errors():
+    import jax
+
+    try:
+        assert set_optimization_level("O1") == "O1" and jax.config.jax_optimization_level == "O1"
+        with pytest.raises(ValueError, match="xla_optimization_level must be one of"):
+            set_optimization_level("fast")
+    finally:
+        assert set_optimization_level("") == "" and jax.config.jax_optimization_level == "UNKNOWN"
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Configs: the released model's size (from shapes only) and the diffusers config round trip."""
 
 import json
+import math
 import pathlib
 
 import numpy as np
@@ -98,3 +99,32 @@ def test_mcm_noises_clips_with_the_teachers_training_alpha_unless_set():
     assert mcm_config(config, teacher).noise_alpha == 0.0
     config.mcm.noise_alpha = 0.5
     assert mcm_config(config, teacher).noise_alpha == 0.5
+
+
+def test_mcm_256_distils_the_released_model_into_a_rank_64_student_against_a_vit_s14(tmp_path):
+    """The MCM step at the released size, from the configs alone (what aot_compile lowers)."""
+    import jax
+    from hf_checkpoints import write_sd21_base_encoder_configs
+
+    from jax_i2v.distill import lora
+    from jax_i2v.distill.loop import abstract_mcm_step
+    from jax_i2v.parallel.mesh import create_mesh
+
+    teacher = load_config(str(CONFIGS / "consisti2v_256.py"))
+    teacher.pretrained_dir = str(write_sd21_base_encoder_configs(tmp_path))
+    config = load_config(str(CONFIGS / "mcm_256.py"))
+    mesh = create_mesh({"data": 1, "fsdp": -1, "tensor": 1}, devices=jax.devices()[:1])
+    built, (state, batch, teacher_params, backbone_params, frozen, null_caption, _) = abstract_mcm_step(config, teacher, mesh)
+    count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
+    targets = {tuple(path) for path in lora.target_paths(teacher_params)}
+    # The released UNet; DINOv2 ViT-S/14 (about 22M params; 16 x 16 patches at 224 px).
+    assert 1.20e9 < count(teacher_params) < 1.26e9
+    assert 2.1e7 < count(backbone_params) < 2.3e7 and built.models.backbone.config.tokens == 256
+    # The student trains rank-64 factors only: (fan-in x 64) + (64 x out) per adapted kernel.
+    kernels = [x.shape for path, x in jax.tree_util.tree_flatten_with_path(teacher_params)[0] if tuple(k.key for k in path) in targets]
+    assert count(state.student) == sum(64 * (math.prod(shape[:-1]) + shape[-1]) for shape in kernels) > 0
+    assert state.target is None and state.head is not None
+    assert len(state.disc) == 4  # one head per hooked block
+    assert batch["video"].shape == (1, 16, 256, 256, 3) and batch["tokens"].shape == (1, 77)
+    assert batch["real_images"].shape == (2, 224, 224, 3) and null_caption.shape == (77,)
+    assert set(frozen) == {"vae", "text"}

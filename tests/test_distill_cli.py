@@ -75,13 +75,22 @@ import json, sys
 import jax
 import numpy as np
 from jax._src.array import ArrayImpl
-from jax_i2v.config_utils import load_config
-from jax_i2v.distill.loop import distill_program
+from jax_i2v.config_utils import config_from_dict, load_config
+from jax_i2v.distill.loop import abstract_mcm_step, distill_program
+from jax_i2v.params_io import load_for_inference
 
 config = load_config(sys.argv[1])
 config.teacher, config.images.dir = sys.argv[2], sys.argv[3]
 program = distill_program(config)
 state = program.init_state()
+# What aot_compile lowers for a pod, from the teacher's config alone: the same arguments.
+teacher_config = config_from_dict(load_for_inference(sys.argv[2])[0])
+_, abstract = abstract_mcm_step(config, teacher_config, program.mesh, config.distill.batch_size // jax.device_count())
+leaves = lambda tree: jax.tree_util.tree_flatten_with_path(tree)[0]
+real = leaves((state, program.next_batch(), *program.extra_args))
+mismatched = [jax.tree_util.keystr(path) for (path, a), (_, b) in zip(real, leaves(abstract))
+              if (a.shape, a.dtype) != (b.shape, b.dtype) or not a.sharding.is_equivalent_to(b.sharding, a.ndim)]
+mismatched += [] if len(real) == len(leaves(abstract)) else ["tree structure"]
 state, metrics = program.step(state, program.next_batch(), *program.extra_args)  # compiles
 # Any jax.Array read on the host (np.asarray, float, device_get) goes through ArrayImpl._value:
 # count those, as the CPU backend does not enforce the device-to-host transfer guard.
@@ -98,7 +107,7 @@ with jax.transfer_guard("disallow"):  # no implicit host-to-device (or device-to
     except Exception as error:  # the guard's teeth: a host array into the step
         guarded = "Disallowed host-to-device transfer" in str(error)
 ArrayImpl._value = value
-print(json.dumps({"per_step_reads": per_step_reads, "metrics_reads": len(reads) - len(per_step_reads),
+print(json.dumps({"per_step_reads": per_step_reads, "metrics_reads": len(reads) - len(per_step_reads), "mismatched": mismatched,
                   "guarded": guarded, "step": int(state.step), "cd_loss": float(logged["cd_loss"])}))
 """
 
@@ -106,7 +115,8 @@ print(json.dumps({"per_step_reads": per_step_reads, "metrics_reads": len(reads) 
 @pytest.mark.slow
 def test_distillation_steps_move_no_arrays_between_host_and_devices(micro_run, tmp_path):
     """The loop's batches (this host's rows of raw uint8 clips and token ids) and step: two steps
-    with no implicit transfer and no jax.Array read on the host; only the logged metrics are."""
+    with no implicit transfer and no jax.Array read on the host; only the logged metrics are. And
+    the arguments `abstract_mcm_step` describes for ahead-of-time compiles match the real ones."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     command = [
         sys.executable,
@@ -121,4 +131,6 @@ def test_distillation_steps_move_no_arrays_between_host_and_devices(micro_run, t
     report = json.loads(result.stdout.strip().splitlines()[-1])
     print(report)
     assert report["per_step_reads"] == [] and report["metrics_reads"] > 0 and report["guarded"]
+    # aot_compile's abstract arguments (from the teacher's config alone) are the loop's, leaf by leaf.
+    assert report["mismatched"] == []
     assert report["step"] == 3 and np.isfinite(report["cd_loss"])

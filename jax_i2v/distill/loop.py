@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -22,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
-from jax_i2v.compilation_cache import enable_compilation_cache
+from jax_i2v.compilation_cache import enable_compilation_cache, set_optimization_level
 from jax_i2v.config_utils import attention_setting, config_from_dict, latent_codec, text_conditioning, unet_from_config
 from jax_i2v.data.media_tfds import load_media_dataset
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
@@ -36,11 +38,12 @@ from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_mode
 from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.parallel.hosts import replicated
-from jax_i2v.parallel.mesh import create_mesh
+from jax_i2v.parallel.mesh import batch_parallel_size, create_mesh
 from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
 from jax_i2v.params_io import export_params, load_for_inference
 from jax_i2v.pipeline import SamplingConfig, noise_alpha_from_config
-from jax_i2v.train.encoders import FrozenEncoders, place, step_captions
+from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, place, step_captions
+from jax_i2v.train.experiment import initial_params, trained_text_module
 from jax_i2v.train.runner import RunSettings, run_steps
 from jax_i2v.train.runtime import config_section
 from jax_i2v.train.step import check_batch_size
@@ -85,8 +88,8 @@ def build_backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
         return ViT(config), params
     if kind != "vit":
         raise ValueError(f"config.backbone.kind must be 'vit' or 'dinov2', got {kind!r}")
-    config = ViTConfig(**{k: tuple(v) if k == "hooks" else v for k, v in settings.items()})
-    module = ViT(config)
+    module = ViT(backbone_config(settings))
+    config = module.config
     return module, module.init(jax.random.key(seed), jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
 
 
@@ -150,6 +153,60 @@ class DistillProgram:
     export_student: Callable[[Any, str], None]  # (final state, folder)
 
 
+@dataclasses.dataclass
+class MCMStep:
+    """A distillation step built for a teacher's config on a mesh, from params or only their
+    shapes: `step(state, raw_batch, teacher, backbone_params, frozen_params, null_caption, rng)`
+    (and `step.lower` with the same arguments)."""
+
+    mcm: MCMConfig
+    models: Any
+    init_state: Callable  # (rng, teacher) -> MCMTrainState
+    abstract_state: Any
+    shardings: Any
+    teacher_sharding: Any
+    backbone_sharding: Any
+    frozen_sharding: Any
+    step: Callable
+
+
+def mcm_unet(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict, mesh):
+    """The teacher's architecture and dtypes, with the kernels this run asks for on `mesh`'s devices."""
+    unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
+    log.info("attention kernels for %s: %s", mesh.devices.flat[0].platform, unet.attention_implementation.as_dict())
+    return unet
+
+
+def build_mcm_step(config, teacher_config, mesh, rules, unet, encoders, backbone, teacher, backbone_params) -> MCMStep:
+    """The models, state shardings and jitted step of `config` (an MCM config) for a teacher of
+    `teacher_config`; `teacher` and `backbone_params` may be arrays or ShapeDtypeStructs."""
+    loop = config_section(config, "distill", DistillLoopConfig)
+    mcm = mcm_config(config, teacher_config)
+    data = teacher_config.data
+    schedule = make_schedule(**teacher_config.schedule.to_dict())
+    models = make_models(unet, schedule, teacher_config.objective.prediction_type, encoders, backbone, mcm, loop.gen_lr, loop.disc_lr)
+    latent_shape = (data.frames, data.latent_size, data.latent_size, data.latent_channels)
+    init = functools.partial(
+        init_state, models=models, config=mcm, latent_shape=latent_shape, condition_dim=unet.config.cross_attention_dim
+    )
+    abstract = jax.eval_shape(init, jax.random.key(0), teacher)
+    shardings = mcm_state_shardings(abstract, models, mesh, rules)
+    teacher_sharding, backbone_sharding = params_shardings(teacher, mesh, rules), params_shardings(backbone_params, mesh, rules)
+    frozen_sharding = params_shardings(encoders.abstract_params(), mesh, rules)
+    step = make_mcm_step(
+        models,
+        mcm,
+        mesh,
+        shardings,
+        teacher_sharding,
+        backbone_sharding,
+        frozen_sharding,
+        rules,
+        config.images.get("through_codec", False),
+    )
+    return MCMStep(mcm, models, init, abstract, shardings, teacher_sharding, backbone_sharding, frozen_sharding, step)
+
+
 def distill_program(config: ml_collections.ConfigDict) -> DistillProgram:
     """The teacher, the frozen encoders and backbone placed on the mesh, the step and the batches."""
     loop = config_section(config, "distill", DistillLoopConfig)
@@ -159,36 +216,21 @@ def distill_program(config: ml_collections.ConfigDict) -> DistillProgram:
     # Read split over the mesh: each process reads its shards, no device holds the whole teacher.
     teacher_dict, teacher_all = load_for_inference(config.teacher, mesh=mesh, rules=rules)
     teacher_config = config_from_dict(teacher_dict)
-    mcm = mcm_config(config, teacher_config)
     teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
     data = teacher_config.data
-    # The teacher's architecture and dtypes; the kernels this run asks for, on this mesh's devices.
-    unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
-    log.info("attention kernels: %s", unet.attention_implementation.as_dict())
+    unet = mcm_unet(config, teacher_config, mesh)
     text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
     trained_text = text.module is not None  # the teacher's params are {"unet", "text"}
     teacher = teacher_all["unet"] if trained_text else teacher_all
     encoders, frozen, captions = _frozen_encoders(latent_codec(teacher_config), text, teacher_all, mesh, rules)
     del text  # a frozen encoder's weights live on in `frozen`, split over the mesh
     backbone, backbone_params = build_backbone(config.backbone.to_dict(), loop.seed)
-    schedule = make_schedule(**teacher_config.schedule.to_dict())
-    models = make_models(unet, schedule, teacher_config.objective.prediction_type, encoders, backbone, mcm, loop.gen_lr, loop.disc_lr)
-
-    latent_shape = (data.frames, data.latent_size, data.latent_size, data.latent_channels)
-    init = functools.partial(
-        init_state, models=models, config=mcm, latent_shape=latent_shape, condition_dim=unet.config.cross_attention_dim
-    )
+    built = build_mcm_step(config, teacher_config, mesh, rules, unet, encoders, backbone, teacher, backbone_params)
+    mcm, teacher_sharding = built.mcm, built.teacher_sharding
     init_rng, step_rng = jax.random.split(jax.random.key(loop.seed))
-    abstract = jax.eval_shape(init, init_rng, teacher)
-    shardings = mcm_state_shardings(abstract, models, mesh, rules)
-    teacher_sharding, backbone_sharding = params_shardings(teacher, mesh, rules), params_shardings(backbone_params, mesh, rules)
     teacher = jax.device_put(teacher, teacher_sharding)
-    backbone_params = jax.device_put(backbone_params, backbone_sharding)
+    backbone_params = jax.device_put(backbone_params, built.backbone_sharding)
     images = config.images
-    frozen_sharding = jax.tree_util.tree_map(lambda x: x.sharding, frozen)
-    step_fn = make_mcm_step(
-        models, mcm, mesh, shardings, teacher_sharding, backbone_sharding, frozen_sharding, rules, images.get("through_codec", False)
-    )
 
     videos, _, clip_caption = video_sources(data)
     stream = distill_dataset(
@@ -230,16 +272,92 @@ def distill_program(config: ml_collections.ConfigDict) -> DistillProgram:
     return DistillProgram(
         loop=loop,
         mesh=mesh,
-        abstract_state=abstract,
-        shardings=shardings,
-        init_state=lambda: jax.jit(init, out_shardings=shardings)(init_rng, teacher),
-        step=step_fn,
+        abstract_state=built.abstract_state,
+        shardings=built.shardings,
+        init_state=lambda: jax.jit(built.init_state, out_shardings=built.shardings)(init_rng, teacher),
+        step=built.step,
         next_batch=next_batch,
         # The null caption and the key replicated once, so no step passes a host or one-device array.
         extra_args=(teacher, backbone_params, frozen, *replicated((captions.null_caption, step_rng), mesh)),
         data_iterator=data_iter,
         export_student=export_student,
     )
+
+
+def backbone_config(settings: dict) -> ViTConfig:
+    """The discriminator backbone's architecture without its weights: a "dinov2" folder's
+    config.json (DINOv2 ViT-S/14 where the folder is absent), or the "vit" settings."""
+    settings = dict(settings)
+    if settings.pop("kind", "vit") == "dinov2":
+        folder = settings.get("dir", "")
+        path = os.path.join(folder, "config.json")
+        saved = dataclasses.asdict(ViTConfig.dinov2_vits14())
+        if os.path.isfile(path):
+            with open(path) as f:
+                saved = json.load(f)
+        hooks = settings.get("hooks") or saved["hooks"]
+        return ViTConfig(**{**saved, "hooks": tuple(hooks)})
+    return ViTConfig(**{k: tuple(v) if k == "hooks" else v for k, v in settings.items()})
+
+
+def abstract_mcm_step(config, teacher_config, mesh, per_device_batch: int = 1):
+    """(MCMStep, its arguments as sharded ShapeDtypeStructs) for `step.lower`: the distillation
+    step of `config` for a teacher of `teacher_config` (an experiment config) on `mesh`, from the
+    configs alone: no weights, data or devices (a topology's mesh compiles it for that pod).
+
+    The batch is what `distill_program`'s batches hold: per_device_batch x (data x fsdp) clips of
+    uint8 pixels with their captions, and the discriminator's real images, k = mcm.disc_frames
+    per clip."""
+    rules = rules_from_config(config.get("sharding_rules", ml_collections.ConfigDict()).to_dict())
+    data = teacher_config.data
+    unet = mcm_unet(config, teacher_config, mesh)
+    text_module = trained_text_module(teacher_config)
+    encoders = encoders_from_config(teacher_config)
+    if text_module is not None:
+        encoders = dataclasses.replace(encoders, caption_module=text_module)
+    teacher_all = jax.eval_shape(lambda: initial_params(jax.random.key(0), unet, text_module))
+    teacher = teacher_all["unet"] if text_module is not None else teacher_all
+    backbone = ViT(backbone_config(config.backbone.to_dict()))
+    image_size = backbone.config.image_size
+    backbone_params = jax.eval_shape(lambda: backbone.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))["params"])
+    built = build_mcm_step(config, teacher_config, mesh, rules, unet, encoders, backbone, teacher, backbone_params)
+
+    frozen = encoders.abstract_params()
+    if text_module is not None:
+        frozen = {**frozen, "text": teacher_all["text"]}
+    latent = jax.ShapeDtypeStruct((1, data.latent_size, data.latent_size, data.latent_channels), jnp.float32)
+    pixels = jax.eval_shape(encoders.decode_frames, frozen, latent).shape[1:3]
+    if encoders.caption_module is not None:
+        caption = jax.ShapeDtypeStruct((data.text_len,), jnp.int32)
+    else:
+        caption = jax.ShapeDtypeStruct((data.text_len, unet.config.cross_attention_dim), jnp.float32)
+    b = per_device_batch * batch_parallel_size(mesh)
+    k = b * built.mcm.disc_frames
+    key = encoders.caption_key
+    batch = {
+        "video": ((b, data.frames, *pixels, 3), jnp.uint8),
+        key: ((b, *caption.shape), caption.dtype),
+        "frame_stride": ((b,), jnp.float32),
+        "real_images": ((k, image_size, image_size, 3), jnp.uint8),
+        "real_" + key: ((k, *caption.shape), caption.dtype),
+    }
+    batch = {n: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape), rules)) for n, (shape, dt) in batch.items()}
+
+    def sharded(tree, shardings):
+        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+    replicated_sharding = NamedSharding(mesh, PartitionSpec())
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    args = (
+        sharded(built.abstract_state, built.shardings),
+        batch,
+        sharded(teacher, built.teacher_sharding),
+        sharded(backbone_params, built.backbone_sharding),
+        sharded(frozen, built.frozen_sharding),
+        jax.ShapeDtypeStruct(caption.shape, caption.dtype, sharding=replicated_sharding),
+        jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated_sharding),
+    )
+    return built, args
 
 
 def _frozen_encoders(codec, text, teacher_all, mesh, rules):
@@ -270,6 +388,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
     enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
+    set_optimization_level(config.get("xla_optimization_level", ""))
     program = distill_program(config)
     result = run_steps(
         workdir,

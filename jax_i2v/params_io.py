@@ -11,7 +11,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings, with_shardings
 
 EXPORT_PARAMS, EXPORT_CONFIG = "params", "config.json"
 
@@ -43,7 +43,7 @@ def _restore_target(metadata_tree: Any, mesh: Optional[Mesh], rules) -> Any:
         shardings = jax.tree_util.tree_map(lambda _: device, shapes)
     else:
         shardings = params_shardings(shapes, mesh, rules)
-    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    return with_shardings(shapes, shardings)
 
 
 def load_for_inference(path: str, use_ema: bool = True, mesh: Optional[Mesh] = None, rules=DEFAULT_RULES) -> tuple[dict, Any]:

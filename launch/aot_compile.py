@@ -103,10 +103,10 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
     mesh = create_mesh(mesh_sizes(mesh_text) if mesh_text else config.mesh.ici.to_dict(), devices=devices)
     batch = per_device_batch * batch_parallel_size(mesh)
     if distilling:
-        from jax_i2v.distill.loop import abstract_mcm_step
+        from jax_i2v.distill.loop import abstract_mcm_step, apply_video_data
 
+        apply_video_data(config, teacher_config)
         with teacher_config.unlocked():
-            teacher_config.data.update(config.get("video_data", {}))
             if frames:
                 teacher_config.data.frames = frames
         built, args = abstract_mcm_step(config, teacher_config, mesh, per_device_batch)

@@ -174,12 +174,17 @@ def save_vit(folder: str, config: ViTConfig, state_dict: Mapping[str, np.ndarray
         json.dump(dataclasses.asdict(config), f, indent=2)
 
 
-def load_vit(folder: str, hooks: Sequence[int] | None = None) -> tuple[ViTConfig, Any]:
-    """(config, params) from a `save_vit` folder; `hooks` overrides the saved ones."""
+def read_vit_config(folder: str, hooks: Sequence[int] | None = None) -> ViTConfig:
+    """The architecture a `save_vit` folder holds (no weights read); `hooks` overrides the saved ones."""
     with open(os.path.join(folder, CONFIG_NAME)) as f:
         settings = json.load(f)
     settings["hooks"] = tuple(hooks if hooks is not None else settings["hooks"])
-    config = ViTConfig(**settings)
+    return ViTConfig(**settings)
+
+
+def load_vit(folder: str, hooks: Sequence[int] | None = None) -> tuple[ViTConfig, Any]:
+    """(config, params) from a `save_vit` folder; `hooks` overrides the saved ones."""
+    config = read_vit_config(folder, hooks)
     weights = os.path.join(folder, WEIGHTS_NAME)
     state_dict = {k: v for k, v in load_file(weights).items() if k != "mask_token"}
     shapes = vit_param_shapes(config)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 import time
@@ -32,14 +31,15 @@ from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero,
 from jax_i2v.data.video_pipeline import clip_config
 from jax_i2v.data.video_sources import video_sources
 from jax_i2v.diffusion.schedules import make_schedule
-from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit
+from jax_i2v.distill.backbone import CONFIG_NAME as BACKBONE_CONFIG_NAME
+from jax_i2v.distill.backbone import ViT, ViTConfig, load_vit, read_vit_config
 from jax_i2v.distill.data import FramesAsImages, distill_dataset
 from jax_i2v.distill.step import MCMConfig, init_state, make_mcm_step, make_models, mcm_state_shardings, student_params
 from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.parallel.hosts import replicated
 from jax_i2v.parallel.mesh import batch_parallel_size, create_mesh
-from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config, with_shardings
 from jax_i2v.params_io import export_params, load_for_inference
 from jax_i2v.pipeline import SamplingConfig, noise_alpha_from_config
 from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, place, step_captions
@@ -89,8 +89,13 @@ def build_backbone(settings: dict, seed: int) -> tuple[ViT, Any]:
     if kind != "vit":
         raise ValueError(f"config.backbone.kind must be 'vit' or 'dinov2', got {kind!r}")
     module = ViT(backbone_config(settings))
-    config = module.config
-    return module, module.init(jax.random.key(seed), jnp.zeros((1, config.image_size, config.image_size, 3)))["params"]
+    return module, init_backbone(module, seed)
+
+
+def init_backbone(module: ViT, seed: int) -> Any:
+    """Random params of `module` (with `jax.eval_shape`, only their shapes)."""
+    size = module.config.image_size
+    return module.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))["params"]
 
 
 def image_dataset_settings(settings: ml_collections.ConfigDict, teacher_data: ml_collections.ConfigDict) -> dict:
@@ -170,6 +175,12 @@ class MCMStep:
     step: Callable
 
 
+def apply_video_data(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict) -> None:
+    """The MCM config's `video_data` keys override the teacher's `data` (in place)."""
+    with teacher_config.unlocked():
+        teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
+
+
 def mcm_unet(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict, mesh):
     """The teacher's architecture and dtypes, with the kernels this run asks for on `mesh`'s devices."""
     unet = unet_from_config(teacher_config, attention=attention_setting(config), platform=mesh.devices.flat[0].platform)
@@ -216,7 +227,7 @@ def distill_program(config: ml_collections.ConfigDict) -> DistillProgram:
     # Read split over the mesh: each process reads its shards, no device holds the whole teacher.
     teacher_dict, teacher_all = load_for_inference(config.teacher, mesh=mesh, rules=rules)
     teacher_config = config_from_dict(teacher_dict)
-    teacher_config.data.update(config.get("video_data", ml_collections.ConfigDict()).to_dict())
+    apply_video_data(config, teacher_config)
     data = teacher_config.data
     unet = mcm_unet(config, teacher_config, mesh)
     text = text_conditioning(teacher_config.get("text_encoder"), data.text_len, unet.config.cross_attention_dim)
@@ -289,14 +300,11 @@ def backbone_config(settings: dict) -> ViTConfig:
     config.json (DINOv2 ViT-S/14 where the folder is absent), or the "vit" settings."""
     settings = dict(settings)
     if settings.pop("kind", "vit") == "dinov2":
-        folder = settings.get("dir", "")
-        path = os.path.join(folder, "config.json")
-        saved = dataclasses.asdict(ViTConfig.dinov2_vits14())
-        if os.path.isfile(path):
-            with open(path) as f:
-                saved = json.load(f)
-        hooks = settings.get("hooks") or saved["hooks"]
-        return ViTConfig(**{**saved, "hooks": tuple(hooks)})
+        folder, hooks = settings.get("dir", ""), settings.get("hooks") or None
+        if os.path.isfile(os.path.join(folder, BACKBONE_CONFIG_NAME)):
+            return read_vit_config(folder, hooks)
+        default = ViTConfig.dinov2_vits14()
+        return default if hooks is None else dataclasses.replace(default, hooks=tuple(hooks))
     return ViTConfig(**{k: tuple(v) if k == "hooks" else v for k, v in settings.items()})
 
 
@@ -319,7 +327,7 @@ def abstract_mcm_step(config, teacher_config, mesh, per_device_batch: int = 1):
     teacher = teacher_all["unet"] if text_module is not None else teacher_all
     backbone = ViT(backbone_config(config.backbone.to_dict()))
     image_size = backbone.config.image_size
-    backbone_params = jax.eval_shape(lambda: backbone.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)))["params"])
+    backbone_params = jax.eval_shape(lambda: init_backbone(backbone, 0))
     built = build_mcm_step(config, teacher_config, mesh, rules, unet, encoders, backbone, teacher, backbone_params)
 
     frozen = encoders.abstract_params()
@@ -343,17 +351,14 @@ def abstract_mcm_step(config, teacher_config, mesh, per_device_batch: int = 1):
     }
     batch = {n: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape), rules)) for n, (shape, dt) in batch.items()}
 
-    def sharded(tree, shardings):
-        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
     replicated_sharding = NamedSharding(mesh, PartitionSpec())
     rng = jax.eval_shape(lambda: jax.random.key(0))
     args = (
-        sharded(built.abstract_state, built.shardings),
+        with_shardings(built.abstract_state, built.shardings),
         batch,
-        sharded(teacher, built.teacher_sharding),
-        sharded(backbone_params, built.backbone_sharding),
-        sharded(frozen, built.frozen_sharding),
+        with_shardings(teacher, built.teacher_sharding),
+        with_shardings(backbone_params, built.backbone_sharding),
+        with_shardings(frozen, built.frozen_sharding),
         jax.ShapeDtypeStruct(caption.shape, caption.dtype, sharding=replicated_sharding),
         jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated_sharding),
     )

@@ -116,6 +116,12 @@ def tree_shardings(tree: Any, logical_tree: Any, mesh: Mesh, rules=DEFAULT_RULES
     )
 
 
+def with_shardings(tree: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs of `tree`'s leaves (arrays or structs) carrying the matching `shardings`:
+    what `jit(...).lower` and Orbax restores take for a sharded argument."""
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 def params_shardings(params: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     return tree_shardings(params, params_logical_axes(params), mesh, rules)
 

@@ -16,14 +16,11 @@ import jax
 import orbax.checkpoint as ocp
 
 from jax_i2v.parallel.hosts import all_processes_agree, wait_for_all_processes
+from jax_i2v.parallel.partitioning import with_shardings
 from jax_i2v.train.runtime import RunError
 from jax_i2v.train.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-def _abstract(state: TrainState, shardings: TrainState) -> TrainState:
-    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
 class Checkpointer:
@@ -55,7 +52,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        items = {"state": ocp.args.StandardRestore(_abstract(state_like, shardings))}
+        items = {"state": ocp.args.StandardRestore(with_shardings(state_like, shardings))}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]

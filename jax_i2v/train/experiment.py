@@ -27,7 +27,7 @@ from jax_i2v.config_utils import text_conditioning, unet_from_config
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, dummy_inputs, map_mixers
-from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config, with_shardings
 from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, reads_pixels
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.runtime import config_section
@@ -180,13 +180,10 @@ class Experiment:
         rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
         if self.encoders is None:
             return batch, null, rng
-        frozen = jax.tree_util.tree_map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_frozen, self.frozen_shardings
-        )
-        return batch, null, rng, frozen
+        return batch, null, rng, with_shardings(self.abstract_frozen, self.frozen_shardings)
 
     def sharded_abstract_state(self) -> TrainState:
-        return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract_state, self.shardings)
+        return with_shardings(self.abstract_state, self.shardings)
 
 
 def build_experiment(

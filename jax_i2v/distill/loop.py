@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jax_i2v.compilation_cache import enable_compilation_cache, set_optimization_level
 from jax_i2v.config_utils import attention_setting, config_from_dict, latent_codec, text_conditioning, unet_from_config
@@ -39,7 +38,7 @@ from jax_i2v.models.autoencoder_kl import KLCodec
 from jax_i2v.models.clip import CLIPTextEncoder
 from jax_i2v.parallel.hosts import replicated
 from jax_i2v.parallel.mesh import batch_parallel_size, create_mesh
-from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config, with_shardings
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, replicated_sharding, rules_from_config, with_shardings
 from jax_i2v.params_io import export_params, load_for_inference
 from jax_i2v.pipeline import SamplingConfig, noise_alpha_from_config
 from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, place, step_captions
@@ -351,7 +350,7 @@ def abstract_mcm_step(config, teacher_config, mesh, per_device_batch: int = 1):
     }
     batch = {n: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, len(shape), rules)) for n, (shape, dt) in batch.items()}
 
-    replicated_sharding = NamedSharding(mesh, PartitionSpec())
+    everywhere = replicated_sharding(mesh)
     rng = jax.eval_shape(lambda: jax.random.key(0))
     args = (
         with_shardings(built.abstract_state, built.shardings),
@@ -359,8 +358,8 @@ def abstract_mcm_step(config, teacher_config, mesh, per_device_batch: int = 1):
         with_shardings(teacher, built.teacher_sharding),
         with_shardings(backbone_params, built.backbone_sharding),
         with_shardings(frozen, built.frozen_sharding),
-        jax.ShapeDtypeStruct(caption.shape, caption.dtype, sharding=replicated_sharding),
-        jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=replicated_sharding),
+        jax.ShapeDtypeStruct(caption.shape, caption.dtype, sharding=everywhere),
+        jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=everywhere),
     )
     return built, args
 

@@ -19,7 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jax_i2v.diffusion.lcm import consistency_output, solver_timesteps
 from jax_i2v.diffusion.schedules import NoiseSchedule, add_noise, per_video, pyoco_mixed_noise, split_prediction
@@ -38,7 +38,7 @@ from jax_i2v.distill.discriminator import (
 )
 from jax_i2v.distill.motion import MOTION_REPRESENTATIONS, SpatialHead, motion_representation
 from jax_i2v.models.unet import VideoUNet, apply_unet
-from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, params_shardings
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, params_shardings, replicated_sharding
 from jax_i2v.train.encoders import FrozenEncoders, encode_key, pixels_to_model_range
 from jax_i2v.train.step import NONFINITE_METRIC, skip_nonfinite
 
@@ -379,7 +379,7 @@ def make_mcm_step(
     (`mcm_inputs`) split over data x fsdp and encoded in the step, the encoders' params placed as
     `frozen_sharding`, the state donated, every random draw from fold_in(rng, step) (the same
     whatever the mesh). A non-finite loss or gradient norm skips the whole update (`skip_nonfinite`)."""
-    replicated = NamedSharding(mesh, PartitionSpec())
+    replicated = replicated_sharding(mesh)
 
     def constrained(batch):
         return {k: jax.lax.with_sharding_constraint(v, batch_sharding(mesh, v.ndim, rules)) for k, v in batch.items()}
@@ -426,7 +426,7 @@ def make_mcm_step(
 
 def mcm_state_shardings(abstract: MCMTrainState, models: MCMModels, mesh: Mesh, rules=DEFAULT_RULES) -> MCMTrainState:
     """Trained trees sharded by the same logical rules as pretraining; optimizer moments follow."""
-    replicated = NamedSharding(mesh, PartitionSpec())
+    replicated = replicated_sharding(mesh)
 
     def shard(tree):
         return None if tree is None else params_shardings(tree, mesh, rules)

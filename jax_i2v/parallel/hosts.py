@@ -7,7 +7,9 @@ from typing import Any
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+
+from jax_i2v.parallel.partitioning import replicated_sharding
 
 _barriers = 0
 
@@ -52,7 +54,7 @@ def host_copy(tree: Any) -> Any:
 def replicated(tree: Any, mesh: Mesh) -> Any:
     """`tree` (the same values on every process: numpy, local arrays or PRNG keys) replicated over
     `mesh`, so it can meet arrays split across processes in one `jit`."""
-    sharding = NamedSharding(mesh, PartitionSpec())
+    sharding = replicated_sharding(mesh)
 
     def place(x):
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):

@@ -122,6 +122,11 @@ def with_shardings(tree: Any, shardings: Any) -> Any:
     return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """The whole array on every device of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
 def params_shardings(params: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
     return tree_shardings(params, params_logical_axes(params), mesh, rules)
 

@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jax_i2v.config_utils import text_conditioning, unet_from_config
 from jax_i2v.diffusion.objective import ObjectiveConfig
 from jax_i2v.diffusion.schedules import make_schedule
 from jax_i2v.models.unet import REMAT_POLICIES, VideoUNet, dummy_inputs, map_mixers
-from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, rules_from_config, with_shardings
+from jax_i2v.parallel.partitioning import batch_sharding, params_shardings, replicated_sharding, rules_from_config, with_shardings
 from jax_i2v.train.encoders import FrozenEncoders, encoders_from_config, reads_pixels
 from jax_i2v.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from jax_i2v.train.runtime import config_section
@@ -175,7 +175,7 @@ class Experiment:
             key: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(self.mesh, len(shape), self.rules))
             for key, (shape, dtype) in shapes.items()
         }
-        replicated = NamedSharding(self.mesh, PartitionSpec())
+        replicated = replicated_sharding(self.mesh)
         null = jax.ShapeDtypeStruct(*null_caption, sharding=replicated)
         rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
         if self.encoders is None:

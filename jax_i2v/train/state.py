@@ -13,9 +13,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings, replicated_sharding
 
 
 @flax.struct.dataclass
@@ -30,7 +30,7 @@ class TrainState:
 
 def state_shardings(abstract: TrainState, optimizer: optax.GradientTransformation, mesh: Mesh, rules=DEFAULT_RULES) -> TrainState:
     """Shardings for a (shape-only) state: optimizer moments and EMA follow their parameters."""
-    replicated = NamedSharding(mesh, PartitionSpec())
+    replicated = replicated_sharding(mesh)
     params = params_shardings(abstract.params, mesh, rules)
     opt_state = optax.tree_map_params(
         optimizer, lambda _, sharding: sharding, abstract.opt_state, params, transform_non_params=lambda _: replicated

@@ -19,7 +19,7 @@ from jax_i2v.diffusion.objective import ObjectiveConfig, diffusion_loss
 from jax_i2v.diffusion.schedules import NoiseSchedule
 from jax_i2v.models.unet import VideoUNet, apply_unet, clamp_mixers
 from jax_i2v.parallel.mesh import batch_parallel_size
-from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding
+from jax_i2v.parallel.partitioning import DEFAULT_RULES, batch_sharding, replicated_sharding
 from jax_i2v.train.encoders import FrozenEncoders, encode_key
 from jax_i2v.train.state import TrainState
 
@@ -154,7 +154,7 @@ def make_train_step(
     token ids for a frozen caption encoder) that the step encodes (`encoded_batch`), per
     micro-batch; `frozen_params` are then the encoders' params, placed as `frozen_sharding`.
     """
-    replicated = NamedSharding(mesh, PartitionSpec())
+    replicated = replicated_sharding(mesh)
 
     def step(state: TrainState, batch: Batch, null_text: jax.Array, rng: jax.Array, frozen_params):
         rng = jax.random.fold_in(rng, state.step)

@@ -41,6 +41,13 @@ def set_optimization_level(level: str | None) -> str:
     return level
 
 
+def configure_run_compilation(config, workdir: str) -> None:
+    """A training or distillation run's settings: the cache in the config's `compilation_cache_dir`
+    (WORKDIR/compilation_cache by default) and its `xla_optimization_level`."""
+    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
+    set_optimization_level(config.get("xla_optimization_level", ""))
+
+
 def user_cache_dir() -> str:
     """$XDG_CACHE_HOME/jax_i2v/compilation, or ~/.cache/jax_i2v/compilation."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")

@@ -16,6 +16,11 @@ from jax_i2v.parallel.partitioning import DEFAULT_RULES, params_shardings, with_
 EXPORT_PARAMS, EXPORT_CONFIG = "params", "config.json"
 
 
+def parameter_count(tree: Any) -> int:
+    """Scalars in a params tree (arrays or ShapeDtypeStructs)."""
+    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
 def export_params(directory: str, params: Any, config: Optional[dict] = None) -> str:
     """A params-only export (for sampling, fine-tuning or conversion), written synchronously:
     `DIR/params` (Orbax) and, given the experiment config, `DIR/config.json`."""

@@ -67,12 +67,6 @@ def pallas_call_count(hlo_text: str) -> int:
     return len(re.findall(r'custom_call_target="tpu_custom_call"', hlo_text))
 
 
-def _count(tree) -> int:
-    import jax
-
-    return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
-
-
 def _compile(lowered_fn):
     start = time.perf_counter()
     compiled = lowered_fn().compile()
@@ -87,6 +81,7 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
     from jax_i2v.config_utils import unet_config
     from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
     from jax_i2v.parallel.mesh import batch_parallel_size, create_mesh
+    from jax_i2v.params_io import parameter_count
     from jax_i2v.train.step import compiled_flops
 
     # An executable compiled for a topology has no client to be loaded back into: keep it out of
@@ -156,7 +151,7 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
         "inputs": inputs,
         "attention": model.attention_implementation.as_dict(),
         "pallas_calls": pallas_call_count(hlo_text),
-        "params": _count(trained),
+        "params": parameter_count(trained),
         "argument_bytes": int(memory.argument_size_in_bytes),
         "output_bytes": int(memory.output_size_in_bytes),
         "temp_bytes": int(memory.temp_size_in_bytes),
@@ -166,7 +161,7 @@ def run(config, topology_name: str, mesh_text: str = "", per_device_batch: int =
         "model_flops_per_step": None if model_flops is None else int(model_flops),
     }
     if distilling:
-        result["teacher_params"] = _count(args[2])
+        result["teacher_params"] = parameter_count(args[2])
     if model_flops is not None:
         step_s = model_flops / len(devices) / (ASSUMED_MFU * (peak_bf16_flops(device_kind) or float("nan")))
         result[f"step_s_at_{int(ASSUMED_MFU * 100)}pct_mfu"] = float(f"{step_s:.4g}")

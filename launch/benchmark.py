@@ -34,6 +34,7 @@ from jax_i2v.convert import read_unet_config
 from jax_i2v.models.flops import peak_bf16_flops, train_step_flops
 from jax_i2v.models.unet import apply_unet, build_unet, random_params
 from jax_i2v.op_profile import op_time_breakdown
+from jax_i2v.params_io import parameter_count
 
 FLAGS = flags.FlagValues()
 _UNET_CONFIG = flags.DEFINE_string("unet_config", None, "diffusers-layout UNet config.json (file or its folder)", flag_values=FLAGS)
@@ -82,7 +83,7 @@ def run(
     height, width = latent_hw
     keys = jax.random.split(jax.random.key(seed), 3)
     params = random_params(model, seed)
-    n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    n_params = parameter_count(params)
 
     generated = frames - 1 if config.conditions_on_first_frame else frames
     c = config.in_channels
@@ -108,7 +109,7 @@ def run(
     achieved = model_flops / (fwdbwd_ms / 1e3)
     peak = peak_bf16_flops(device_kind)
     result = {
-        "params": int(n_params),
+        "params": n_params,
         "compile_s": round(compile_s, 3),
         "fwd_ms": round(_median_ms(fwd, inputs, warmup, iters), 3),
         "fwdbwd_ms": round(fwdbwd_ms, 3),

@@ -33,12 +33,12 @@ def export(checkpoint: str, out: str, use_ema: bool = True, unet_folder: str | N
     from jax_i2v.config_utils import config_from_dict, unet_config
     from jax_i2v.convert import save_unet
     from jax_i2v.parallel.mesh import create_mesh
-    from jax_i2v.params_io import export_params, load_for_inference
+    from jax_i2v.params_io import export_params, load_for_inference, parameter_count
 
     mesh = create_mesh({"fsdp": -1})
     config, params = load_for_inference(checkpoint, use_ema=use_ema, mesh=mesh)
     path = export_params(out, params, config)
-    result = {"export": path, "params": int(sum(x.size for x in jax.tree_util.tree_leaves(params)))}
+    result = {"export": path, "params": parameter_count(params)}
     if unet_folder:
         unet_params = params["unet"] if isinstance(params, dict) and set(params) == {"unet", "text"} else params
         save_unet(unet_folder, unet_config(config_from_dict(config)), unet_params)

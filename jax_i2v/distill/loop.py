@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_i2v.compilation_cache import enable_compilation_cache, set_optimization_level
+from jax_i2v.compilation_cache import configure_run_compilation
 from jax_i2v.config_utils import attention_setting, config_from_dict, latent_codec, text_conditioning, unet_from_config
 from jax_i2v.data.media_tfds import load_media_dataset
 from jax_i2v.data.moving_shapes_tfds import build_moving_shapes_on_process_zero, load_moving_shapes
@@ -391,8 +391,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Distils until `distill.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
-    set_optimization_level(config.get("xla_optimization_level", ""))
+    configure_run_compilation(config, workdir)
     program = distill_program(config)
     result = run_steps(
         workdir,

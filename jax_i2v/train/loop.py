@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jax_i2v.compilation_cache import enable_compilation_cache, set_optimization_level
+from jax_i2v.compilation_cache import configure_run_compilation
 from jax_i2v.config_utils import latent_codec, text_conditioning, unet_config
 from jax_i2v.convert import inflate_unet
 from jax_i2v.data.video_pipeline import UNREADABLE_KEY
@@ -46,8 +46,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until `config.train.steps`, the time limit or a SIGTERM; returns the last logged metrics."""
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    enable_compilation_cache(config.get("compilation_cache_dir", ""), os.path.join(workdir, "compilation_cache"))
-    set_optimization_level(config.get("xla_optimization_level", ""))
+    configure_run_compilation(config, workdir)
     loop = config_section(config, "train", LoopConfig)
     mesh = create_mesh(config.mesh.ici.to_dict(), config.mesh.get("dcn", ml_collections.ConfigDict()).to_dict())
     check_batch_size(loop.batch_size, mesh, loop.grad_accum_steps)
